@@ -1,0 +1,82 @@
+"""The ``medssl-monai`` command: data preparation and project utilities, one subcommand each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from medssl_monai.data.demo import make_demo_data
+
+    out = make_demo_data(
+        args.out,
+        seed=args.seed,
+        patients=args.patients,
+        size=args.size,
+        slices=args.slices,
+        covid_images=args.covid_images,
+        organ_patches=args.organ_patches,
+        workers=args.workers,
+    )
+    print(f"demo data written to {out}")
+    return 0
+
+
+def _prepare_dicom(args: argparse.Namespace) -> int:
+    from medssl_monai.data.prepare import REPORT_NAME, PrepareError, prepare_dicom
+
+    try:
+        report = prepare_dicom(
+            args.src, args.out, on_error=args.on_error, val_fraction=args.val_fraction, seed=args.seed,
+            workers=args.workers, progress=not args.no_progress,
+        )
+    except PrepareError as err:
+        print(f"error: {err}\n(outputs written before this error are complete; re-run to continue)", file=sys.stderr)
+        return 1
+    print(report.summary())
+    print(f"datalist: {Path(args.out) / 'datalist.json'}; report: {Path(args.out) / REPORT_NAME}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medssl-monai", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-data", help="generate the synthetic chest-CT demo collection")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=int, default=6, help="pre-training CT scans")
+    p.add_argument("--size", type=int, default=256, help="in-plane matrix size in pixels")
+    p.add_argument("--slices", type=int, default=40, help="axial slices per scan")
+    p.add_argument("--covid-images", type=int, default=160, help="images in the binary COVID-CT-like set")
+    p.add_argument("--organ-patches", type=int, default=770, help="28x28 patches in the OrganSMNIST-like set")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(func=_demo_data)
+
+    p = sub.add_parser("prepare-dicom", help="convert a DICOM tree (LIDC-IDRI layout) to HU NIfTI and a datalist")
+    p.add_argument("--src", required=True, help="root of the DICOM tree")
+    p.add_argument("--out", required=True, help="output folder for images/, datalist.json and the report")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients in the validation list")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_prepare_dicom)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

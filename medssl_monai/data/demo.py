@@ -1,0 +1,227 @@
+"""The embedded demo collection: synthetic chest CT written in the formats real data comes in.
+
+``make_demo_data`` writes, deterministically from one seed:
+
+- ``dicom/``: a LIDC-IDRI-like tree ``<patient>/<study>/<series>/1-NNN.dcm`` of CT series (three stored-value
+  encodings across patients) and one DX radiograph series that CT preparation must skip;
+- ``nifti/<patient>.nii.gz``: the generator's own HU volumes (what ``prepare-dicom`` must reproduce), with
+  ``datalist.json`` listing them for pre-training (patient-level train/validation split);
+- ``covid_ct/``: binary slice classification in the UCSD COVID-CT layout (a folder per class and split files);
+- ``organ_mnist.npz``: 28 x 28 organ and tissue patches in the MedMNIST layout, 11 classes like OrganSMNIST.
+
+How labels are made is in ``LABELS``, also written to ``README.md`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from medssl_monai.data import dicom
+from medssl_monai.data.nifti import lps_affine, write_ct_nifti
+from medssl_monai.data.synthetic import ChestPhantom, Scanner, Tissue, generate_patient
+from medssl_monai.utils import atomic_path, write_json
+
+__all__ = ["make_demo_data", "ORGAN_CLASSES", "COVID_CLASSES", "PNG_HU_OFFSET", "ORGAN_WINDOW"]
+
+PNG_HU_OFFSET = 1024  # 16-bit PNG slices store HU + 1024, so HU survive the PNG format exactly
+ORGAN_WINDOW = (-1000.0, 1000.0)  # HU range mapped to 0..255 in the organ patches
+COVID_CLASSES = ("NonCOVID", "COVID")  # label 0, label 1
+ORGAN_CLASSES = (
+    "heart", "aorta", "vertebra", "rib", "sternum", "airway", "lung", "pulmonary_vessel", "muscle", "fat", "liver",
+)  # fmt: skip
+ENCODINGS = ("unsigned", "padded", "signed")
+
+LABELS = """\
+## How the labels are made
+
+**covid_ct** (binary, label 1 = `COVID`): each image is one axial slice, taken between 15% and 85% of the
+chest's height, of its own synthetic patient (two images per patient, both in one split). Patients of class
+`COVID` carry ground-glass opacities: patches of -600..-300 HU in the outer lung, shaped by a smooth random
+field, covering at least 1% of the lung in the slice. Both classes have the same anatomy, the same random
+solid nodules (0 to 2 per patient), dependent lung density, noise and blur, so neither mean intensity nor
+body size separates the classes: the model has to find the texture in the lung periphery.
+
+**organ_mnist.npz** (11 classes, MedMNIST layout): 28 x 28 patches centred (jitter +-3 pixels) on a random
+pixel of one structure, with a random field of view (18-30% of the scan's), HU window -1000..1000 to 0..255.
+Classes: heart, aorta, vertebra, rib, sternum, airway, lung (parenchyma, no vessel at the centre), pulmonary
+vessel, muscle, fat, liver. Heart, aorta, muscle and liver share soft-tissue HU; vertebra, rib and sternum
+share bone HU; lung, airway and pulmonary vessel share the lung's surroundings: classes differ by shape
+and context, not by intensity.
+"""
+
+
+def _png16(path: Path, hu: np.ndarray) -> None:
+    """Write a (Y, X) HU slice as a 16-bit PNG holding HU + 1024."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.clip(hu.astype(np.int32) + PNG_HU_OFFSET, 0, 65535).astype(np.uint16)).save(tmp, format="PNG")
+
+
+def _patient(args: tuple[Path, np.random.SeedSequence, int, int, int]) -> dict:
+    """Generate patient ``index``: its NIfTI volume and its DICOM series (and a radiograph for patient 0)."""
+    out, seed, index, size, n_slices = args
+    pid = f"DEMO-{index:04d}"
+    ct = generate_patient(seed, size=size, n_slices=n_slices)
+    affine = lps_affine((1, 0, 0, 0, 1, 0), ct.origin, ct.spacing)
+    nifti = out / "nifti" / f"{pid}.nii.gz"
+    write_ct_nifti(nifti, ct.hu, affine)
+    study = dicom.uid_from(seed.entropy, index, "study")
+    series = dicom.uid_from(seed.entropy, index, "series")
+    study_dir = out / "dicom" / pid / f"01-01-2000-NA-CT CHEST-{index + 1:05d}"
+    series_dir = study_dir / f"{3000000 + index}.000000-NA-{index + 10:05d}"
+    dicom.write_ct_series(
+        series_dir, ct.hu, ct.spacing, ct.origin, pid, study, series, encoding=ENCODINGS[index % len(ENCODINGS)]
+    )
+    if index == 0:  # a chest radiograph in the same study: Modality DX, to be skipped by CT preparation
+        projection = (ct.hu.astype(np.float32) + 1024).clip(0).mean(axis=1)  # (Z, X)
+        image = (projection / projection.max() * 4095).astype(np.uint16)
+        dicom.write_radiograph(study_dir / "1.000000-NA-XRAY" / "1-1.dcm", image, pid, study, dicom.uid_from(series, "dx"))
+    return {"image": os.path.relpath(nifti, out), "patient": pid, "lesions": ct.has_lesions}
+
+
+def _covid_pair(args: tuple[np.random.SeedSequence, int, bool]) -> list[np.ndarray]:
+    """Two (Y, X) HU slices of one synthetic patient, with ground-glass lesions when ``positive``."""
+    seed, size, positive = args
+    rng = np.random.default_rng(seed)
+    slices: list[np.ndarray] = []
+    while len(slices) < 2:
+        # a new patient when this one shows no lesion in 20 tries (its lesion field may miss the lung)
+        slices.clear()
+        phantom = ChestPhantom(rng, size, lesions=positive)
+        scanner = Scanner(rng, size)
+        for _ in range(20):
+            t = rng.uniform(0.15, 0.85)
+            hu, tissue, _ = scanner.acquire(phantom, t * phantom.chest_len)
+            lung = np.isin(tissue, [Tissue.LUNG, Tissue.GROUND_GLASS, Tissue.VESSEL, Tissue.NODULE]).sum()
+            ggo = (tissue == Tissue.GROUND_GLASS).sum()
+            if lung > 0.02 * size**2 and (not positive or ggo > 0.01 * lung):
+                slices.append(hu)
+                if len(slices) == 2:
+                    break
+    return slices
+
+
+def _organ_patches(args: tuple[np.random.SeedSequence, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Patches (N, 28, 28) uint8 and labels (N,) from a few slices of one synthetic patient."""
+    seed, size, per_class = args
+    rng = np.random.default_rng(seed)
+    phantom = ChestPhantom(rng, size, lesions=False)
+    scanner = Scanner(rng, size)
+    images, labels = [], []
+    counts = np.zeros(len(ORGAN_CLASSES), int)
+    # two low slices show the liver, two mid-low ones the heart, the rest anywhere in the chest
+    for t in [-0.06, -0.02, 0.15, 0.25, *rng.uniform(0.05, 0.9, size=4)]:
+        hu, tissue, structures = scanner.acquire(phantom, t * phantom.chest_len)
+        masks = dict(structures)
+        masks["lung"] = tissue == Tissue.LUNG
+        masks["pulmonary_vessel"] = (tissue == Tissue.VESSEL) & ~structures["aorta"]
+        masks["muscle"] = tissue == Tissue.MUSCLE
+        masks["fat"] = tissue == Tissue.FAT
+        masks["liver"] = tissue == Tissue.LIVER
+        for label, name in enumerate(ORGAN_CLASSES):
+            rows, cols = np.nonzero(masks[name])
+            for i in rng.integers(len(rows), size=min(3, per_class - counts[label])) if len(rows) else []:
+                centre = np.array([rows[i], cols[i]]) + rng.integers(-3, 4, size=2)
+                half = int(rng.uniform(0.09, 0.15) * size)
+                padded = np.pad(hu, half, constant_values=-1024)
+                crop = padded[centre[0] : centre[0] + 2 * half, centre[1] : centre[1] + 2 * half].astype(np.float32)
+                patch = ndimage.zoom(crop, 28 / crop.shape[0], order=1)[:28, :28]
+                lo, hi = ORGAN_WINDOW
+                images.append(np.clip((patch - lo) / (hi - lo) * 255, 0, 255).round().astype(np.uint8))
+                labels.append(label)
+                counts[label] += 1
+    return np.asarray(images, np.uint8).reshape(-1, 28, 28), np.asarray(labels, np.int64)
+
+
+def _split(n: int, fractions: tuple[float, float], rng: np.random.Generator) -> list[str]:
+    """Assign ``n`` items to train/val/test with the given val and test fractions, at least one in each."""
+    n_val = max(1, round(fractions[0] * n))
+    n_test = max(1, round(fractions[1] * n))
+    names = ["val"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
+    return [names[i] for i in rng.permutation(n)]
+
+
+def make_demo_data(
+    out: str | os.PathLike,
+    seed: int = 0,
+    patients: int = 6,
+    size: int = 256,
+    slices: int = 40,
+    covid_images: int = 160,
+    organ_patches: int = 770,
+    workers: int | None = None,
+) -> Path:
+    """Write the demo collection to ``out`` (see the module docstring) and return its path.
+
+    Args:
+        seed: everything is derived from it; the same seed and sizes give identical files.
+        patients: number of pre-training CT scans (DICOM and NIfTI).
+        size: in-plane matrix of every image (pixels); the organ patches are always 28 x 28.
+        slices: axial slices per pre-training scan.
+        covid_images: images in the binary set (two per synthetic patient, half of the patients positive).
+        organ_patches: patches in the organ set, balanced over the 11 classes, split 60/10/30 like OrganSMNIST.
+        workers: processes used; all cores by default.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = np.random.SeedSequence(seed)
+    ss_patients, ss_covid, ss_organ, ss_split = root.spawn(4)
+    rng = np.random.default_rng(ss_split)
+    n_pairs = max(2, covid_images // 2)
+    n_organ_sources = max(2, int(np.ceil(organ_patches / 40)))
+    per_class = 2 * int(np.ceil(organ_patches / len(ORGAN_CLASSES) / n_organ_sources))
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        volumes = pool.map(_patient, [(out, s, i, size, slices) for i, s in enumerate(ss_patients.spawn(patients))])
+        positive = rng.permutation(np.arange(n_pairs) % 2 == 1)
+        pairs = pool.map(_covid_pair, [(s, size, bool(p)) for s, p in zip(ss_covid.spawn(n_pairs), positive)])
+        organs = pool.map(_organ_patches, [(s, size, per_class) for s in ss_organ.spawn(n_organ_sources)])
+        volumes, pairs, organs = list(volumes), list(pairs), list(organs)
+
+    # pre-training datalist: patient-level split
+    val = set(rng.permutation(len(volumes))[: max(1, round(0.2 * len(volumes)))]) if len(volumes) > 1 else set()
+    write_json(
+        out / "datalist.json",
+        {
+            "training": [{"image": v["image"]} for i, v in enumerate(volumes) if i not in val],
+            "validation": [{"image": v["image"]} for i, v in enumerate(volumes) if i in val],
+        },
+    )
+
+    # COVID-CT layout: Images-processed/CT_<class>/*.png and Data-split/<class>/<split>CT_<class>.txt
+    covid = out / "covid_ct"
+    lists: dict[tuple[str, str], list[str]] = {(c, s): [] for c in COVID_CLASSES for s in ("train", "val", "test")}
+    for j, (pair, split, pos) in enumerate(zip(pairs, _split(n_pairs, (0.15, 0.25), rng), positive)):
+        cls = COVID_CLASSES[int(pos)]
+        for k, hu in enumerate(pair):
+            name = f"demo_{j:04d}_{k}.png"
+            _png16(covid / "Images-processed" / f"CT_{cls}" / name, hu)
+            lists[cls, split].append(name)
+    for (cls, split), names in lists.items():
+        with atomic_path(covid / "Data-split" / cls / f"{split}CT_{cls}.txt") as tmp:
+            tmp.write_text("".join(f"{n}\n" for n in names))
+
+    # MedMNIST layout: one npz with train/val/test images (N, 28, 28) uint8 and labels (N, 1)
+    images = np.concatenate([o[0] for o in organs])
+    labels = np.concatenate([o[1] for o in organs])
+    keep = np.concatenate([np.nonzero(labels == c)[0][: organ_patches // len(ORGAN_CLASSES)] for c in range(len(ORGAN_CLASSES))])
+    keep = rng.permutation(keep)
+    splits = np.array(_split(len(keep), (0.1, 0.3), rng))
+    arrays = {}
+    for split in ("train", "val", "test"):
+        idx = keep[splits == split]
+        arrays[f"{split}_images"] = images[idx]
+        arrays[f"{split}_labels"] = labels[idx, None]
+    with atomic_path(out / "organ_mnist.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    (out / "README.md").write_text(
+        f"# medssl-monai demo data (seed {seed})\n\nGenerated by `medssl-monai demo-data`; see "
+        f"medssl_monai/data/demo.py.\n\n{LABELS}"
+    )
+    return out
