@@ -1,0 +1,26 @@
+"""CT data: the synthetic demo collection, DICOM ingestion, HU windows and 2D datasets."""
+
+from medssl_monai.data.datasets import AxialSliceDataset, cached_dataset, png_slice_dataset, read_datalist
+from medssl_monai.data.downstream import (
+    class_folder_datalist,
+    downstream_dataset,
+    medmnist_datalist,
+    table_datalist,
+)
+from medssl_monai.data.transforms import HU_WINDOWS, FiniteCheckd, HUWindowd, ct_loading, resolve_window
+
+__all__ = [
+    "AxialSliceDataset",
+    "FiniteCheckd",
+    "HUWindowd",
+    "HU_WINDOWS",
+    "cached_dataset",
+    "class_folder_datalist",
+    "ct_loading",
+    "downstream_dataset",
+    "medmnist_datalist",
+    "png_slice_dataset",
+    "read_datalist",
+    "resolve_window",
+    "table_datalist",
+]

@@ -25,11 +25,11 @@ from scipy import ndimage
 from medssl_monai.data import dicom
 from medssl_monai.data.nifti import lps_affine, write_ct_nifti
 from medssl_monai.data.synthetic import ChestPhantom, Scanner, Tissue, generate_patient
+from medssl_monai.data.transforms import PNG_HU_OFFSET
 from medssl_monai.utils import atomic_path, write_json
 
-__all__ = ["make_demo_data", "ORGAN_CLASSES", "COVID_CLASSES", "PNG_HU_OFFSET", "ORGAN_WINDOW"]
+__all__ = ["make_demo_data", "ORGAN_CLASSES", "COVID_CLASSES", "ORGAN_WINDOW"]
 
-PNG_HU_OFFSET = 1024  # 16-bit PNG slices store HU + 1024, so HU survive the PNG format exactly
 ORGAN_WINDOW = (-1000.0, 1000.0)  # HU range mapped to 0..255 in the organ patches
 COVID_CLASSES = ("NonCOVID", "COVID")  # label 0, label 1
 ORGAN_CLASSES = (

@@ -1,0 +1,149 @@
+"""2D axial-slice datasets for pre-training, on MONAI's caching datasets.
+
+:class:`AxialSliceDataset` serves every axial slice of a list of CT volumes (NIfTI from ``prepare-dicom`` or
+the demo generator): each volume is loaded, reoriented and windowed once, then kept by a MONAI
+``CacheDataset`` (in memory) or ``PersistentDataset`` (on disk); a sample is one slice of a cached volume
+followed by the random transforms. :func:`png_slice_dataset` serves a folder of PNG slices (the authors'
+preprocessed LIDC layout) the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import Compose
+from monai.utils import convert_to_tensor
+
+from medssl_monai.data.transforms import ct_loading
+
+__all__ = ["AxialSliceDataset", "png_slice_dataset", "read_datalist", "cached_dataset"]
+
+CACHE_MODES = ("memory", "disk", "none")
+
+
+def read_datalist(path: str | os.PathLike, key: str = "training") -> list[dict]:
+    """Entries of ``key`` in a MONAI datalist JSON, with image paths made absolute against the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist not found: {path}")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if key not in content:
+        raise ValueError(f"{path}: no list {key!r} (has {', '.join(content) or 'nothing'})")
+    entries = []
+    for entry in content[key]:
+        entry = dict(entry)
+        image = Path(entry["image"])
+        entry["image"] = str(image if image.is_absolute() else path.parent / image)
+        entries.append(entry)
+    return entries
+
+
+def cached_dataset(
+    data: Sequence[dict], transform: Callable, cache: str = "memory", cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0, copy_cache: bool = True,
+) -> Dataset:
+    """A MONAI dataset that caches the deterministic ``transform``: in memory, on disk, or not at all."""
+    if cache == "memory":
+        return CacheDataset(data, transform, num_workers=num_workers or None, copy_cache=copy_cache, progress=False)
+    if cache == "disk":
+        if cache_dir is None:
+            raise ValueError("cache='disk' needs a cache_dir")
+        return PersistentDataset(data, transform, cache_dir=cache_dir)
+    if cache == "none":
+        return Dataset(data, transform)
+    raise ValueError(f"unknown cache mode {cache!r}; expected one of {CACHE_MODES}")
+
+
+def _num_axial_slices(path: str) -> int:
+    """Number of axial slices of a volume, from its header alone."""
+    try:
+        image = nib.load(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"volume listed in the datalist does not exist: {path}") from None
+    except Exception as err:  # nibabel raises several types for damaged files
+        raise ValueError(f"{path}: cannot read as NIfTI ({type(err).__name__}: {err})") from None
+    if len(image.shape) != 3:
+        raise ValueError(f"{path}: expected a 3D volume, found shape {image.shape}")
+    codes = nib.aff2axcodes(image.affine)
+    return int(image.shape[[c in ("S", "I") for c in codes].index(True)])
+
+
+class AxialSliceDataset(torch.utils.data.Dataset):
+    """Every axial slice of CT volumes as a dict sample ``{"image": (C, X, Y) float in [0, 1], ...}``.
+
+    Args:
+        data: a datalist JSON path (its ``datalist_key`` list is used) or a list of ``{"image": path}``.
+        window: HU window preset or ``[lower, upper]`` (see :data:`~medssl_monai.data.transforms.HU_WINDOWS`).
+        in_channels: 1, or 3 to replicate the channel.
+        transform: random per-slice transforms (augmentation, cropping), applied after slicing.
+        cache: ``memory`` (CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
+        slice_step: keep every n-th slice (thick-slab sampling for large collections).
+        num_workers: threads that fill the memory cache.
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike | Sequence[dict],
+        window: str | Sequence[float] = "full",
+        in_channels: int = 1,
+        transform: Callable | None = None,
+        cache: str = "memory",
+        cache_dir: str | os.PathLike | None = None,
+        slice_step: int = 1,
+        datalist_key: str = "training",
+        num_workers: int = 0,
+    ) -> None:
+        volumes = read_datalist(data, datalist_key) if isinstance(data, (str, os.PathLike)) else list(data)
+        if not volumes:
+            raise ValueError(f"no volumes in {data if isinstance(data, (str, os.PathLike)) else 'the data list'}")
+        counts = [_num_axial_slices(v["image"]) for v in volumes]
+        # (volume index, slice index) of every sample
+        self.index = [(v, k) for v, n in enumerate(counts) for k in range(0, n, slice_step)]
+        # the slice is taken from a read-only cached volume, so the cache needs no copy per sample
+        self.volumes = cached_dataset(
+            volumes, ct_loading("image", "hu", window, in_channels, volume=True), cache, cache_dir, num_workers,
+            copy_cache=False,
+        )
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        v, k = self.index[i]
+        volume = self.volumes[v]["image"]  # (C, X, Y, Z)
+        image = convert_to_tensor(volume, track_meta=False)[..., k].clone()  # (C, X, Y)
+        sample = {"image": image, "volume": v, "slice": k}
+        return self.transform(sample) if self.transform is not None else sample
+
+
+def png_slice_dataset(
+    root: str | os.PathLike,
+    encoding: str = "uint8",
+    window: str | Sequence[float] = "full",
+    in_channels: int = 1,
+    transform: Callable | None = None,
+    cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
+) -> Dataset:
+    """Every ``*.png`` under ``root`` as a dict sample ``{"image": (C, X, Y) float in [0, 1]}``.
+
+    ``encoding="uint8"`` reads the authors' 8-bit slices (min-max scaled per slice; no HU left to window),
+    ``"hu16"`` reads 16-bit slices of HU + 1024 and applies ``window``.
+    """
+    files = sorted(Path(root).rglob("*.png"))
+    if not files:
+        raise FileNotFoundError(f"no PNG slices under {root}")
+    loading = ct_loading("image", encoding, window, in_channels)
+    steps = [loading] if transform is None else [loading, transform]
+    return cached_dataset([{"image": str(f)} for f in files], Compose(steps), cache, cache_dir, num_workers)

@@ -1,0 +1,122 @@
+"""CT intensity handling on MONAI transforms: Hounsfield windows by name, and the one loading pipeline that
+turns any stored CT image (HU NIfTI or DICOM, 16-bit HU PNG, 8-bit PNG, in-memory array) into a float image
+in [0, 1] with 1 or 3 channels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Orientationd,
+    MapTransform,
+    RepeatChanneld,
+    ScaleIntensityRanged,
+    Transform,
+)
+
+__all__ = ["HU_WINDOWS", "ENCODINGS", "PNG_HU_OFFSET", "resolve_window", "HUWindowd", "FiniteCheckd", "ct_loading"]
+
+# (lower, upper) HU of each named window; "full" is the whole CT range, for the paper's unwindowed data
+HU_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-1350.0, 150.0),
+    "mediastinum": (-160.0, 240.0),
+    "abdomen": (-140.0, 260.0),
+    "bone": (-450.0, 1050.0),
+    "brain": (0.0, 80.0),
+    "full": (-1024.0, 3071.0),
+}
+
+# how stored values relate to HU: ``hu`` NIfTI/DICOM in HU, ``hu16`` 16-bit PNG of HU + 1024,
+# ``uint8`` 8-bit images already scaled (the authors' PNG slices, MedMNIST, COVID-CT): divided by 255, no window
+ENCODINGS = ("hu", "hu16", "uint8")
+PNG_HU_OFFSET = 1024  # 16-bit PNG slices store HU + 1024, so HU survive the PNG format exactly
+
+
+def resolve_window(window: str | Sequence[float]) -> tuple[float, float]:
+    """A window preset name or an explicit ``(lower, upper)`` pair, as ``(lower, upper)`` HU."""
+    if isinstance(window, str):
+        if window not in HU_WINDOWS:
+            raise ValueError(f"unknown HU window {window!r}; presets: {', '.join(HU_WINDOWS)}, or a [lower, upper] pair")
+        return HU_WINDOWS[window]
+    lo, hi = (float(v) for v in window)
+    if not hi > lo:
+        raise ValueError(f"HU window upper bound must exceed the lower one, got [{lo}, {hi}]")
+    return lo, hi
+
+
+class HUWindowd(ScaleIntensityRanged):
+    """Map a Hounsfield window to [0, 1], clipping outside it.
+
+    Args:
+        keys: keys of the images to window.
+        window: a preset of :data:`HU_WINDOWS` (``lung``, ``mediastinum``, ``abdomen``, ``bone``, ``brain``,
+            ``full``) or ``[lower, upper]`` in HU.
+        offset: added to stored values first, to turn them into HU (-1024 for 16-bit HU PNGs).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, window: str | Sequence[float] = "full", offset: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        lo, hi = resolve_window(window)
+        super().__init__(keys, a_min=lo - offset, a_max=hi - offset, b_min=0.0, b_max=1.0, clip=True,
+                         allow_missing_keys=allow_missing_keys)
+        self.window = (lo, hi)
+
+
+class FiniteCheckd(MapTransform):
+    """Raise a ValueError naming the source file when an image holds NaN or infinite values."""
+
+    def __call__(self, data: dict) -> dict:
+        for key in self.key_iterator(data):
+            image = torch.as_tensor(data[key])
+            if not torch.isfinite(image).all():
+                source = getattr(data[key], "meta", {}).get("filename_or_obj", f"sample key {key!r}")
+                bad = int((~torch.isfinite(image)).sum())
+                raise ValueError(f"{source}: {bad} NaN or infinite value(s); a CT image must be finite")
+        return data
+
+
+def ct_loading(
+    keys: KeysCollection = "image",
+    encoding: str = "hu",
+    window: str | Sequence[float] = "full",
+    in_channels: int = 1,
+    load: bool = True,
+    volume: bool = False,
+) -> Compose:
+    """The deterministic front of every pipeline: load, channel first, intensities to [0, 1], channels.
+
+    Args:
+        encoding: one of :data:`ENCODINGS`.
+        window: HU window (ignored for ``uint8``, whose images carry no HU).
+        in_channels: 1, or 3 to replicate the channel (the paper's ImageNet-shaped input).
+        load: read files; ``False`` for samples that already hold arrays (MedMNIST).
+        volume: 3D volumes, reoriented to LPS so that the last axis runs foot to head and a slice reads like
+            a 2D image loaded by MONAI (first axis patient left, second posterior).
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    steps: list[Transform] = []
+    if load:
+        steps.append(LoadImaged(keys, image_only=True, reader="PILReader" if encoding != "hu" else None))
+    steps.append(EnsureChannelFirstd(keys, channel_dim="no_channel" if not load else None))
+    steps.append(FiniteCheckd(keys))
+    if volume:
+        steps.append(Orientationd(keys, axcodes="LPS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    steps.append(EnsureTyped(keys, dtype="float32", track_meta=volume))
+    if encoding == "uint8":
+        steps.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
+    else:
+        steps.append(HUWindowd(keys, window, offset=-PNG_HU_OFFSET if encoding == "hu16" else 0.0))
+    if in_channels == 3:
+        steps.append(RepeatChanneld(keys, repeats=3))
+    return Compose(steps)
