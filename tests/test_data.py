@@ -1,0 +1,149 @@
+"""HU windows, the slice datasets, the downstream loaders, and that the demo labels are not trivial."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medssl_monai.cli import main
+from medssl_monai.data import (
+    HU_WINDOWS,
+    AxialSliceDataset,
+    HUWindowd,
+    class_folder_datalist,
+    downstream_dataset,
+    medmnist_datalist,
+    png_slice_dataset,
+    table_datalist,
+)
+from medssl_monai.data.demo import COVID_CLASSES, ORGAN_CLASSES
+from medssl_monai.data.transforms import resolve_window
+
+
+def test_window_presets_and_values():
+    assert HU_WINDOWS["lung"] == (-1350, 150) and HU_WINDOWS["mediastinum"] == (-160, 240)
+    assert HU_WINDOWS["abdomen"] == (-140, 260) and HU_WINDOWS["bone"] == (-450, 1050)
+    assert HU_WINDOWS["brain"] == (0, 80) and HU_WINDOWS["full"] == (-1024, 3071)
+    hu = torch.tensor([[-2000.0, -1350.0, -600.0, 150.0, 900.0]])
+    out = HUWindowd("image", "lung")({"image": hu})["image"]
+    np.testing.assert_allclose(np.asarray(out), [[0.0, 0.0, 0.5, 1.0, 1.0]], atol=1e-6)
+    out = HUWindowd("image", [0, 100], offset=-1024)({"image": torch.tensor([1024.0, 1074.0])})["image"]
+    np.testing.assert_allclose(np.asarray(out), [0.0, 0.5])
+    with pytest.raises(ValueError, match="unknown HU window 'lungs'"):
+        resolve_window("lungs")
+    with pytest.raises(ValueError, match="upper bound"):
+        resolve_window([100, -100])
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "none"])
+def test_axial_slice_dataset(demo_dir, tmp_path, cache):
+    ds = AxialSliceDataset(demo_dir / "datalist.json", window="lung", in_channels=3, cache=cache, cache_dir=tmp_path)
+    assert len(ds) == 2 * 8  # two training patients of 8 slices
+    sample = ds[3]
+    assert sample["image"].shape == (3, 64, 64) and sample["image"].dtype == torch.float32
+    assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+    assert torch.equal(sample["image"][0], sample["image"][2])
+    # the slice is the NIfTI's slice, windowed: HU = lo + value * (hi - lo)
+    volume = nib.load(str(ds.volumes.data[0]["image"])).get_fdata()
+    expected = np.clip((volume[:, :, 3] + 1350) / 1500, 0, 1)
+    np.testing.assert_allclose(sample["image"][0].numpy(), expected, atol=1e-5)
+
+
+def test_slice_dataset_rejects_nan_volume_and_missing_file(demo_dir, tmp_path):
+    bad = tmp_path / "nan.nii.gz"
+    data = np.zeros((8, 8, 4), np.float32)
+    data[2, 2, 1] = np.nan
+    nib.save(nib.Nifti1Image(data, np.diag([-1.0, -1.0, 1.0, 1.0])), bad)
+    with pytest.raises(RuntimeError) as err:  # MONAI's Compose wraps the cause
+        AxialSliceDataset([{"image": str(bad)}], cache="none")[0]
+    assert isinstance(err.value.__cause__, ValueError)
+    assert "nan.nii.gz: 1 NaN or infinite value(s)" in str(err.value.__cause__)
+    with pytest.raises(FileNotFoundError, match="does not exist: .*missing.nii.gz"):
+        AxialSliceDataset([{"image": str(tmp_path / "missing.nii.gz")}])
+    with pytest.raises(FileNotFoundError, match="datalist not found"):
+        AxialSliceDataset(tmp_path / "none.json")
+
+
+def test_png_slice_dataset_both_encodings(demo_dir, tmp_path):
+    ds = png_slice_dataset(demo_dir / "covid_ct", encoding="hu16", window="full")
+    sample = ds[0]
+    raw = np.asarray(Image.open(ds.data[0]["image"])).astype(np.float64).T  # MONAI's (X, Y)
+    np.testing.assert_allclose(sample["image"][0].numpy(), np.clip((raw - 1024 + 1024) / 4095, 0, 1), atol=1e-5)
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(tmp_path / "s.png")
+    eight = png_slice_dataset(tmp_path, encoding="uint8", in_channels=3)[0]["image"]
+    assert eight.shape == (3, 8, 8) and float(eight.max()) == pytest.approx(252 / 255)
+
+
+def test_class_folder_loader(demo_dir):
+    train = class_folder_datalist(demo_dir / "covid_ct", "train", classes=COVID_CLASSES)
+    test = class_folder_datalist(demo_dir / "covid_ct", "test", classes=COVID_CLASSES)
+    assert {s["label"] for s in train} == {0, 1}
+    assert not {s["image"] for s in train} & {s["image"] for s in test}
+    ds = downstream_dataset("class_folders", demo_dir / "covid_ct", "val", encoding="hu16", window="lung", in_channels=3)
+    assert ds[0]["image"].shape == (3, 64, 64) and ds[0]["label"] in (0, 1)
+    with pytest.raises(FileNotFoundError, match="split file not found"):
+        class_folder_datalist(demo_dir / "covid_ct", "train", classes=("Missing",))
+
+
+def test_medmnist_loader(demo_dir, tmp_path):
+    train = medmnist_datalist(demo_dir / "organ_mnist.npz", "train")
+    assert train[0]["image"].shape == (28, 28) and train[0]["image"].dtype == np.uint8
+    ds = downstream_dataset("medmnist", demo_dir / "organ_mnist.npz", "test")
+    assert ds[0]["image"].shape == (1, 28, 28) and 0 <= ds[0]["label"] < len(ORGAN_CLASSES)
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 28, 28)))
+    with pytest.raises(ValueError, match="not a MedMNIST file, missing train_images"):
+        medmnist_datalist(tmp_path / "bad.npz", "train")
+
+
+def test_table_loaders_csv_and_json(demo_dir, tmp_path):
+    files = class_folder_datalist(demo_dir / "covid_ct", "train", classes=COVID_CLASSES)[:4]
+    csv = tmp_path / "list.csv"
+    csv.write_text("image,label,split\n" + "".join(f"{f['image']},{f['label']},{'train' if i < 3 else 'test'}\n"
+                                                  for i, f in enumerate(files)))
+    assert len(table_datalist(csv, "train")) == 3 and len(table_datalist(csv, "test")) == 1
+    js = tmp_path / "list.json"
+    js.write_text(json.dumps({"training": files[:2], "validation": files[2:], "test": []}))
+    assert [s["label"] for s in table_datalist(js, "val")] == [f["label"] for f in files[2:]]
+    ds = downstream_dataset("table", csv, "train", encoding="hu16")
+    assert ds[2]["image"].shape == (1, 64, 64)
+    (tmp_path / "bad.csv").write_text("path,y\na,1\n")
+    with pytest.raises(ValueError, match="needs the columns image and label"):
+        table_datalist(tmp_path / "bad.csv", "train")
+
+
+def _auc(scores, labels):
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(labels, scores)
+    return max(auc, 1 - auc)
+
+
+def test_demo_labels_are_not_separable_by_mean_intensity_or_size(tmp_path):
+    from medssl_monai.data.demo import make_demo_data
+
+    out = make_demo_data(tmp_path, seed=3, patients=1, size=96, slices=2, covid_images=80, organ_patches=330, workers=2)
+    samples = sum((class_folder_datalist(out / "covid_ct", s, classes=COVID_CLASSES) for s in ("train", "val", "test")), [])
+    images = [np.asarray(Image.open(s["image"])).astype(np.float64) - 1024 for s in samples]
+    labels = [s["label"] for s in samples]
+    assert _auc([im.mean() for im in images], labels) < 0.8
+    assert _auc([(im > -500).sum() for im in images], labels) < 0.8  # body size
+    organ = np.load(out / "organ_mnist.npz")
+    x = np.concatenate([organ[f"{s}_images"] for s in ("train", "val", "test")]).astype(np.float64)
+    y = np.concatenate([organ[f"{s}_labels"] for s in ("train", "val", "test")]).ravel()
+    assert set(y) == set(range(len(ORGAN_CLASSES)))
+    means = x.mean(axis=(1, 2))
+    for c in range(len(ORGAN_CLASSES)):
+        assert _auc(means, y == c) < 0.97, ORGAN_CLASSES[c]
+
+
+def test_demo_data_cli_is_deterministic(tmp_path):
+    args = ["--seed", "4", "--patients", "1", "--size", "48", "--slices", "3", "--covid-images", "4",
+            "--organ-patches", "22", "--workers", "1"]
+    assert main(["demo-data", "--out", str(tmp_path / "a"), *args]) == 0
+    assert main(["demo-data", "--out", str(tmp_path / "b"), *args]) == 0
+    for f in (tmp_path / "a").rglob("*"):
+        if f.is_file() and f.suffix in (".dcm", ".png", ".json", ".npz"):
+            assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f

@@ -1,0 +1,55 @@
+"""The synthetic phantom: HU of every tissue, determinism, geometry, and scan parameters."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medssl_monai.data.synthetic import SCANNER_FLOOR_HU, TISSUE_HU, ChestPhantom, Tissue, generate_patient
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noise_free_hu_of_every_tissue_is_in_its_range(seed):
+    phantom = ChestPhantom(np.random.default_rng(seed), 96, lesions=True)
+    seen = set()
+    for t in np.linspace(-0.05, 1.0, 12):
+        hu, tissue, _ = phantom.render(t * phantom.chest_len)
+        for label in np.unique(tissue):
+            lo, hi = TISSUE_HU[Tissue(label)]
+            values = hu[tissue == label]
+            assert values.min() >= lo and values.max() <= hi, (Tissue(label).name, values.min(), values.max())
+            seen.add(Tissue(label))
+    # the anatomy is all there
+    for needed in (Tissue.AIR, Tissue.FAT, Tissue.MUSCLE, Tissue.LUNG, Tissue.VESSEL, Tissue.HEART, Tissue.CORTICAL_BONE,
+                   Tissue.MARROW, Tissue.TABLE, Tissue.LIVER, Tissue.AIRWAY, Tissue.GROUND_GLASS):
+        assert needed in seen, needed.name
+
+
+def test_reference_tissue_values_match_real_ct():
+    assert TISSUE_HU[Tissue.AIR] == (-1000, -1000)
+    assert TISSUE_HU[Tissue.LUNG] == (-900, -700)
+    assert -120 <= np.mean(TISSUE_HU[Tissue.FAT]) <= -80
+    assert TISSUE_HU[Tissue.CORTICAL_BONE][1] <= 1500 and TISSUE_HU[Tissue.MARROW][0] >= 300
+
+
+def test_scan_is_deterministic_and_noisy_values_stay_near_tissue_means():
+    a = generate_patient(5, size=64, n_slices=6)
+    b = generate_patient(5, size=64, n_slices=6)
+    assert np.array_equal(a.hu, b.hu) and a.spacing == b.spacing and a.origin == b.origin
+    assert not np.array_equal(a.hu, generate_patient(6, size=64, n_slices=6).hu)
+    assert a.hu.dtype == np.int16 and a.hu.shape == (6, 64, 64)
+    assert 1.0 <= a.spacing[0] <= 3.0 and 0.6 <= a.spacing[1] == a.spacing[2] <= 0.9
+    assert a.hu.min() >= SCANNER_FLOOR_HU
+    # away from its borders the lung keeps its HU under noise and blur
+    ct = generate_patient(5, size=128, n_slices=4)
+    lung = ndimage.binary_erosion(ct.tissue == Tissue.LUNG, structure=np.ones((1, 5, 5)))
+    assert lung.sum() > 100
+    assert -900 <= np.median(ct.hu[lung]) <= -700
+    outside = a.tissue == Tissue.OUTSIDE_FOV
+    assert np.all(a.hu[outside] == SCANNER_FLOOR_HU)
+
+
+def test_lesions_only_when_asked():
+    with_l = generate_patient(3, size=96, n_slices=12, lesions=True)
+    without = generate_patient(3, size=96, n_slices=12, lesions=False)
+    assert (without.tissue == Tissue.GROUND_GLASS).sum() == 0
+    assert with_l.has_lesions and not without.has_lesions
