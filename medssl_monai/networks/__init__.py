@@ -1,0 +1,5 @@
+"""Networks referenced by bundle configs."""
+
+from medssl_monai.networks.spark import SparK, SparseEncoder
+
+__all__ = ["SparK", "SparseEncoder"]

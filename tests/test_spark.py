@@ -1,0 +1,106 @@
+"""SparK invariants: sparsity at every stage, visible-only batch norm, masked-only loss, mask-token gradients,
+a tiny overfit, and a torchvision-compatible encoder."""
+
+import pytest
+import torch
+import torchvision
+
+from medssl_monai.networks.spark import MaskContext, SparK, SparseBatchNorm2d, upsample_mask
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return SparK("resnet18", in_channels=1, image_size=64, mask_ratio=0.5, decoder_width=64)
+
+
+def test_masked_positions_are_zero_after_every_stage(model):
+    x = torch.randn(3, 1, 64, 64)
+    mask = model.random_mask(3, "cpu")
+    outputs = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: outputs.append(out))
+             for m in model.encoder.net.modules() if m is not model.encoder.net and not list(m.children())]
+    hooks += [getattr(model.encoder.net, f"layer{i}").register_forward_hook(lambda mod, inp, out: outputs.append(out))
+              for i in range(1, 5)]
+    model.encoder(x * upsample_mask(mask, (64, 64)), mask)
+    for h in hooks:
+        h.remove()
+    assert len(outputs) > 40
+    for out in outputs:
+        hidden = ~upsample_mask(mask, out.shape[-2:]).expand_as(out)
+        assert torch.all(out[hidden] == 0)
+        assert out[~hidden].abs().sum() > 0
+
+
+def test_sparse_batch_norm_statistics_are_those_of_visible_positions():
+    ctx = MaskContext()
+    bn = SparseBatchNorm2d(4, momentum=1.0)
+    bn.context = ctx
+    x = torch.randn(2, 4, 8, 8)
+    ctx.mask = torch.rand(2, 1, 2, 2) > 0.5
+    ctx.mask[0, 0, 0, 0] = True
+    visible = upsample_mask(ctx.mask, (8, 8))[:, 0]
+    x[~visible.unsqueeze(1).expand_as(x)] = 1e4  # masked values must not leak into the statistics
+    out = bn(x)
+    vis = x.permute(0, 2, 3, 1)[visible]  # (N, C)
+    torch.testing.assert_close(bn.running_mean, vis.mean(0))
+    torch.testing.assert_close(bn.running_var, vis.var(0, unbiased=True))
+    assert torch.all(out.permute(0, 2, 3, 1)[~visible] == 0)
+    torch.testing.assert_close(out.permute(0, 2, 3, 1)[visible].mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def test_only_masked_patches_drive_the_loss_and_mask_tokens_learn(model):
+    x = torch.randn(2, 1, 64, 64)
+    mask = model.random_mask(2, "cpu")
+    captured = {}
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        captured["pred"] = out
+
+    model.decoder.register_forward_hook(keep)
+    out = model(x, mask)
+    out["loss"].backward()
+    grad = captured["pred"].grad  # (B, 1, 64, 64)
+    visible = upsample_mask(mask, (64, 64))
+    assert torch.all(grad[visible] == 0)
+    assert grad[~visible].abs().sum() > 0
+    for token in model.mask_tokens:
+        assert token.grad is not None and token.grad.abs().sum() > 0
+
+
+def test_mask_has_the_requested_ratio_and_bad_sizes_fail(model):
+    mask = model.random_mask(5, "cpu")
+    assert mask.shape == (5, 1, 2, 2) and torch.all(mask.view(5, -1).sum(1) == 2)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        SparK("resnet18", image_size=100)
+    with pytest.raises(ValueError, match=r"expects input \(B, 1, 64, 64\)"):
+        model(torch.randn(1, 1, 32, 32))
+
+
+def test_tiny_overfit_halves_the_loss():
+    torch.manual_seed(0)
+    model = SparK("resnet18", in_channels=1, image_size=64, mask_ratio=0.5, decoder_width=64)
+    ramp = torch.linspace(0, 1, 64)
+    x = torch.stack([ramp.view(1, 64) * ramp.view(64, 1), (1 - ramp).view(1, 64) * ramp.view(64, 1)]).unsqueeze(1)
+    x = x + 0.05 * torch.randn(2, 1, 64, 64)  # (2, 1, 64, 64), distinct images
+    mask = torch.tensor([[True, False], [False, True]]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = model(x, mask)["loss"]
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("backbone,in_channels", [("resnet18", 3), ("resnet50", 1)])
+def test_encoder_loads_into_torchvision_with_only_fc_missing(backbone, in_channels):
+    model = SparK(backbone, in_channels=in_channels, image_size=32, decoder_width=64)
+    net = getattr(torchvision.models, backbone)()
+    if in_channels == 1:
+        net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    result = net.load_state_dict(model.encoder.backbone_state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
