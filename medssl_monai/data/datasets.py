@@ -53,7 +53,7 @@ def cached_dataset(
 ) -> Dataset:
     """A MONAI dataset that caches the deterministic ``transform``: in memory, on disk, or not at all."""
     if cache == "memory":
-        return CacheDataset(data, transform, num_workers=num_workers or None, copy_cache=copy_cache, progress=False)
+        return CacheDataset(data, transform, num_workers=num_workers, copy_cache=copy_cache, progress=False)
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir")
