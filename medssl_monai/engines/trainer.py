@@ -1,0 +1,121 @@
+"""The one training loop of every self-supervised method, on MONAI's ignite-based Trainer.
+
+A method is an ``nn.Module`` that maps a batch of images to a dict with a scalar ``loss`` (and whatever it
+wants logged, such as SparK's reconstruction). The trainer owns the step: per-iteration schedules, mixed
+precision, gradient clipping, a finite-loss check, and the states a resume needs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from monai.engines import Trainer
+from monai.inferers import Inferer, SimpleInferer
+from torch import nn
+
+from medssl_monai.engines.schedules import IterationSchedule
+
+__all__ = ["SelfSupervisedTrainer", "RNGState"]
+
+
+class RNGState:
+    """Python, NumPy and torch (CPU and CUDA) random states as a checkpointable object (tensors and lists only,
+    so ``torch.load(weights_only=True)`` reads it)."""
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        return {
+            "python": list(random.getstate()[1]),
+            "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate((3, tuple(state["python"]), None))
+        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SelfSupervisedTrainer(Trainer):
+    """Train a self-supervised method.
+
+    Args:
+        device: where the method runs.
+        max_epochs: epochs over ``train_data_loader``.
+        train_data_loader: yields dict batches with ``image_key``.
+        network: the method; ``network(images)`` returns a dict with a scalar ``loss``.
+        optimizer: built with :func:`~medssl_monai.engines.schedules.build_optimizer`.
+        schedule: per-iteration lr and weight decay; attached to this trainer.
+        grad_clip: maximum gradient norm (``None`` or 0: no clipping).
+        amp: mixed precision: bf16 autocast on CPU, fp16 (with a gradient scaler) or bf16 on GPU.
+        amp_dtype: ``float16`` or ``bfloat16`` on GPU.
+        image_key: batch key of the images.
+        inferer: unused in training; present for MONAI's train-workflow properties.
+        train_handlers: MONAI/ignite handlers to attach.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: IterationSchedule | None = None,
+        grad_clip: float | None = 5.0,
+        amp: bool = False,
+        amp_dtype: str = "float16",
+        image_key: str = "image",
+        inferer: Inferer | None = None,
+        epoch_length: int | None = None,
+        train_handlers: Sequence | None = None,
+        iteration_hooks: Sequence[Callable[[SelfSupervisedTrainer], None]] = (),
+    ) -> None:
+        # no decollation: the output is one dict per batch, read by the logging and checkpoint handlers
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
+                         epoch_length=epoch_length, handlers=None, amp=amp, decollate=False)
+        self.network, self.optimizer = network, optimizer
+        self.grad_clip, self.image_key = grad_clip, image_key
+        self.inferer = inferer or SimpleInferer()
+        device_type = torch.device(device).type
+        self.autocast_dtype = torch.bfloat16 if device_type == "cpu" else getattr(torch, amp_dtype)
+        self.device_type = device_type
+        self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp and self.autocast_dtype == torch.float16)
+        self.rng = RNGState()
+        self.iteration_hooks = list(iteration_hooks)
+        if schedule is not None:
+            schedule.attach(self)
+        if train_handlers:
+            self._register_handlers(train_handlers)
+
+    def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict) -> dict:
+        images = batchdata[self.image_key].to(engine.state.device, non_blocking=engine.non_blocking)
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.amp):
+            out = self.network(images)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at iteration {engine.state.iteration}: lower the learning rate, check the "
+                "data for NaN, or turn amp off"
+            )
+        self.grad_scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        for hook in self.iteration_hooks:  # momentum encoders, EMA targets (contrastive methods)
+            hook(self)
+        output = {k: v.detach() for k, v in out.items() if torch.is_tensor(v)}
+        output["loss"] = loss.item()
+        output["images"] = images.detach()
+        return output

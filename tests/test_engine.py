@@ -1,0 +1,77 @@
+"""The shared trainer: a loss that falls, checkpoints written atomically, and resume equivalence."""
+
+import pytest
+import torch
+from ignite.engine import Events
+from torch.utils.data import DataLoader
+
+from medssl_monai.engines import IterationSchedule, build_optimizer
+from medssl_monai.engines.checkpoint import CheckpointWriter, ResumeFromCheckpoint, latest_checkpoint, load_checkpoint
+from medssl_monai.engines.trainer import SelfSupervisedTrainer
+from medssl_monai.networks.spark import SparK
+
+DATA = [{"image": torch.rand(1, 32, 32)} for _ in range(8)]
+
+
+def _trainer(ckpt_dir, max_epochs, seed, resume=True):
+    torch.manual_seed(seed)
+    model = SparK("resnet18", image_size=32, mask_ratio=0.5, decoder_width=32)
+    opt = build_optimizer(model, "lamb", lr=1e-3)
+    loader = DataLoader(DATA, batch_size=4, shuffle=True)
+    losses = []
+    trainer = SelfSupervisedTrainer("cpu", max_epochs, loader, model, opt,
+                                    schedule=IterationSchedule(opt, 8, 1e-3, warmup_iterations=2))
+    save = {"network": model, "optimizer": opt, "trainer": trainer, "scaler": trainer.grad_scaler, "rng": trainer.rng}
+    ResumeFromCheckpoint(ckpt_dir, save, enabled=resume).attach(trainer)
+    CheckpointWriter(ckpt_dir, save, interval=2).attach(trainer)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+    return trainer, losses
+
+
+def test_resume_continues_the_loss_curve(tmp_path):
+    full, full_losses = _trainer(tmp_path / "a", max_epochs=4, seed=0)
+    full.run()
+    assert len(full_losses) == 8
+    first, _ = _trainer(tmp_path / "b", max_epochs=2, seed=0)
+    first.run()
+    assert latest_checkpoint(tmp_path / "b").name == "checkpoint_4.pt"
+    resumed, resumed_losses = _trainer(tmp_path / "b", max_epochs=4, seed=123)  # other init: all state must load
+    resumed.run()
+    assert resumed.state.iteration == 8 and len(resumed_losses) == 4
+    assert resumed_losses == pytest.approx(full_losses[4:], rel=1e-5, abs=1e-6)
+
+
+def test_checkpoints_load_weights_only_and_bad_files_fail_clearly(tmp_path):
+    trainer, _ = _trainer(tmp_path, max_epochs=1, seed=0)
+    trainer.run()
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path))  # weights_only=True by default
+    assert {"network", "optimizer", "trainer", "scaler", "rng"} <= set(ckpt)
+    assert not list(tmp_path.glob("*.tmp*"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"network": {}}, tmp_path / "checkpoint_99.pt")
+    other, _ = _trainer(tmp_path, max_epochs=1, seed=0)
+    with pytest.raises(ValueError, match="not a training checkpoint of this method, missing optimizer"):
+        other.run()
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    trainer, _ = _trainer(tmp_path, max_epochs=1, seed=0, resume=False)
+    DATA[0]["image"][0, 0, 0] = float("nan")
+    try:
+        with pytest.raises(FloatingPointError, match="loss is nan at iteration"):
+            trainer.run()
+    finally:
+        DATA[0]["image"][0, 0, 0] = 0.5
+
+
+class _Pickled:
+    pass
+
+
+def test_untrusted_pickle_needs_the_explicit_switch(tmp_path):
+    torch.save({"obj": _Pickled()}, tmp_path / "full.pt")
+    with pytest.raises(ValueError, match="full.pt: holds Python objects .* trust_checkpoint=True"):
+        load_checkpoint(tmp_path / "full.pt")
+    assert isinstance(load_checkpoint(tmp_path / "full.pt", trust_checkpoint=True)["obj"], _Pickled)
