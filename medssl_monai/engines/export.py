@@ -1,0 +1,88 @@
+"""Encoder export: the pre-trained backbone as a plain torchvision state_dict, or in a method's release layout.
+
+``torchvision``: ``{name: tensor}`` that ``torchvision.models.resnet50().load_state_dict(sd, strict=False)``
+accepts with only ``fc.weight`` and ``fc.bias`` missing. ``spark``: ``{"module": state_dict}`` as the SparK
+releases, for the authors' downstream code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from medssl_monai.engines.checkpoint import load_checkpoint
+from medssl_monai.utils import atomic_path
+
+__all__ = ["LAYOUTS", "backbone_state_dict", "save_encoder", "export_encoder", "EncoderExporter", "RunInfo"]
+
+LAYOUTS = ("torchvision", "spark")
+
+
+class RunInfo:
+    """What a checkpoint was trained as (method, backbone, in_channels, backbone_prefix), saved beside it."""
+
+    def __init__(self, **info: object) -> None:
+        self.info = dict(info)
+
+    def state_dict(self) -> dict:
+        return dict(self.info)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.info.update(state)
+
+
+def backbone_state_dict(network_state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``network_state`` under ``prefix``, renamed to torchvision's names (no ``fc``)."""
+    network_state = {k.removeprefix("module."): v for k, v in network_state.items()}  # DDP's wrapper
+    sd = {k[len(prefix):]: v for k, v in network_state.items() if k.startswith(prefix)}
+    if not sd:
+        raise ValueError(f"no backbone tensors under prefix {prefix!r}")
+    return {k: v for k, v in sd.items() if not k.startswith("fc.")}
+
+
+def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout: str = "torchvision") -> Path:
+    """Write a backbone state_dict in ``layout``, atomically."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    payload = state if layout == "torchvision" else {"module": state}
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    return Path(out)
+
+
+def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, layout: str = "torchvision") -> Path:
+    """Export the backbone of a saved training checkpoint (``checkpoint_<iteration>.pt``)."""
+    ckpt = load_checkpoint(checkpoint)
+    if "network" not in ckpt or "info" not in ckpt:
+        raise ValueError(f"{checkpoint}: not a medssl-monai training checkpoint (needs 'network' and 'info', "
+                         f"has {', '.join(map(str, ckpt)) or 'nothing'})")
+    return save_encoder(backbone_state_dict(ckpt["network"], ckpt["info"]["backbone_prefix"]), out, layout)
+
+
+class EncoderExporter:
+    """At the end of training, write ``encoder.pt`` (torchvision layout) and the release layout beside it.
+
+    Args:
+        network: the method (its backbone lives under ``prefix``).
+        out_dir: folder of ``encoder.pt`` and ``encoder_<layout>.pth``.
+        prefix: the backbone's prefix in ``network.state_dict()``.
+        layouts: release layouts written besides ``encoder.pt``.
+    """
+
+    def __init__(self, network: nn.Module, out_dir: str | os.PathLike, prefix: str, layouts: tuple = ("spark",)):
+        self.network, self.out_dir, self.prefix, self.layouts = network, Path(out_dir), prefix, layouts
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+        state = backbone_state_dict(self.network.state_dict(), self.prefix)
+        save_encoder(state, self.out_dir / "encoder.pt")
+        for layout in self.layouts:
+            save_encoder(state, self.out_dir / f"encoder_{layout}.pth", layout)
