@@ -42,6 +42,14 @@ def _prepare_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_encoder(args: argparse.Namespace) -> int:
+    from medssl_monai.engines.export import export_encoder
+
+    out = export_encoder(args.checkpoint, args.out, layout=args.layout)
+    print(f"encoder ({args.layout} layout) written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl-monai", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare_dicom)
+
+    p = sub.add_parser("export-encoder", help="write the backbone of a training checkpoint as a plain encoder file")
+    p.add_argument("checkpoint", help="a checkpoint_<iteration>.pt from a pre-training bundle")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--layout", choices=("torchvision", "spark"), default="torchvision",
+                   help="torchvision: plain state_dict; spark: {'module': state_dict} as the SparK releases")
+    p.set_defaults(func=_export_encoder)
     return parser
 
 

@@ -1,0 +1,81 @@
+"""The spark_pretrain bundle end to end through ``python -m monai.bundle``, and its MONAI checks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "spark_pretrain"
+SCHEMA = ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
+
+
+def _run(*args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(demo_dir, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("spark_ckpt")
+    args = ["run", "--config_file", str(BUNDLE / "configs" / "train.json"), "--dataset_dir", str(demo_dir),
+            "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "32",
+            "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "3", "--image_log_interval", "2"]
+    first = _run(*args, "--max_epochs", "1", cwd=tmp_path_factory.mktemp("cwd"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run(*args, "--max_epochs", "2", cwd=tmp_path_factory.mktemp("cwd"))  # resumes from epoch 1
+    assert second.returncode == 0, second.stderr[-3000:]
+    return ckpt, first, second
+
+
+def test_bundle_trains_resumes_and_exports(tiny_run):
+    ckpt, _, second = tiny_run
+    assert "resumed from" in second.stdout + second.stderr
+    names = sorted(p.name for p in ckpt.glob("checkpoint_*.pt"))
+    assert names[-1] == "checkpoint_8.pt"  # 2 epochs x 4 iterations (16 slices, batch 4)
+    state = torch.load(ckpt / names[-1], weights_only=True)
+    assert state["trainer"]["iteration"] == 8 and state["info"]["method"] == "spark"
+    sd = torch.load(ckpt / "encoder.pt", weights_only=True)
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    result = net.load_state_dict(sd, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    release = torch.load(ckpt / "encoder_spark.pth", weights_only=True)
+    assert set(release) == {"module"} and release["module"].keys() == sd.keys()
+    assert list((ckpt / "logs").glob("events.out.tfevents.*"))
+
+
+def test_train_workflow_properties_and_metadata(demo_dir, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train",
+                              dataset_dir=str(demo_dir), ckpt_dir=str(tmp_path), log_dir=str(tmp_path / "logs"))
+    workflow.initialize()
+    assert not workflow.check_properties()
+    assert SCHEMA.is_file(), f"the bundle schema copy is expected beside the checkout at {SCHEMA}"
+    result = _run("verify_metadata", "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(SCHEMA),
+                  cwd=ROOT)
+    assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    for name in ("LICENSE", "docs/README.md", "configs/logging.conf"):
+        assert (BUNDLE / name).is_file()
+
+
+def test_export_encoder_command_from_a_checkpoint(tiny_run, tmp_path):
+    from medssl_monai.cli import main
+
+    ckpt, _, _ = tiny_run
+    assert main(["export-encoder", str(ckpt / "checkpoint_8.pt"), "--out", str(tmp_path / "e.pth"), "--layout",
+                 "spark"]) == 0
+    exported = torch.load(tmp_path / "e.pth", weights_only=True)["module"]
+    reference = torch.load(ckpt / "encoder.pt", weights_only=True)
+    assert exported.keys() == reference.keys() and all(torch.equal(exported[k], reference[k]) for k in reference)
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    assert main(["export-encoder", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "x.pt")]) == 2
