@@ -8,7 +8,7 @@ precision, gradient clipping, a finite-loss check, and the states a resume needs
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -76,7 +76,6 @@ class SelfSupervisedTrainer(Trainer):
         inferer: Inferer | None = None,
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
-        iteration_hooks: Sequence[Callable[[SelfSupervisedTrainer], None]] = (),
     ) -> None:
         # no decollation: the output is one dict per batch, read by the logging and checkpoint handlers
         super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
@@ -89,7 +88,6 @@ class SelfSupervisedTrainer(Trainer):
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp and self.autocast_dtype == torch.float16)
         self.rng = RNGState()
-        self.iteration_hooks = list(iteration_hooks)
         if schedule is not None:
             schedule.attach(self)
         if train_handlers:
@@ -113,8 +111,6 @@ class SelfSupervisedTrainer(Trainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
-        for hook in self.iteration_hooks:  # momentum encoders, EMA targets (contrastive methods)
-            hook(self)
         output = {k: v.detach() for k, v in out.items() if torch.is_tensor(v)}
         output["loss"] = loss.item()
         output["images"] = images.detach()
