@@ -79,3 +79,23 @@ def test_export_encoder_command_from_a_checkpoint(tiny_run, tmp_path):
     assert exported.keys() == reference.keys() and all(torch.equal(exported[k], reference[k]) for k in reference)
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     assert main(["export-encoder", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "x.pt")]) == 2
+
+
+def test_two_process_ddp_run_with_gloo(demo_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    configs = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", configs, "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir",
+           str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "32", "--batch_size", "4", "--num_workers", "0",
+           "--max_epochs", "1"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 16 training slices split by the DistributedSampler: 8 per rank, 2 iterations of 4
+    state = torch.load(ckpt / "checkpoint_2.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2
+    assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped: loads without DDP
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    result = net.load_state_dict(torch.load(ckpt / "encoder.pt", weights_only=True), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
