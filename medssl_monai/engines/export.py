@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from medssl_monai.engines.checkpoint import load_checkpoint
+from medssl_monai.engines.trainer import is_main_process
 from medssl_monai.utils import atomic_path
 
 __all__ = ["LAYOUTS", "backbone_state_dict", "save_encoder", "export_encoder", "EncoderExporter", "RunInfo"]
@@ -80,7 +81,7 @@ class EncoderExporter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if int(os.environ.get("RANK", "0")) != 0:
+        if not is_main_process():
             return
         state = backbone_state_dict(self.network.state_dict(), self.prefix)
         save_encoder(state, self.out_dir / "encoder.pt")

@@ -9,6 +9,8 @@ import torch
 from ignite.handlers import ProgressBar
 from ignite.engine import Engine, Events
 
+from medssl_monai.engines.trainer import is_main_process
+
 __all__ = ["TrainingLogger"]
 
 
@@ -33,7 +35,7 @@ class TrainingLogger:
         self._tick = 0.0
 
     def attach(self, engine: Engine) -> None:
-        if int(os.environ.get("RANK", "0")) != 0:
+        if not is_main_process():
             return
         from torch.utils.tensorboard import SummaryWriter
 

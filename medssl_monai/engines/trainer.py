@@ -18,7 +18,14 @@ from torch import nn
 
 from medssl_monai.engines.schedules import IterationSchedule
 
-__all__ = ["SelfSupervisedTrainer", "RNGState"]
+__all__ = ["SelfSupervisedTrainer", "RNGState", "is_main_process"]
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a distributed run, and always in a single process."""
+    import ignite.distributed as idist
+
+    return idist.get_rank() == 0
 
 
 class RNGState:
@@ -91,7 +98,11 @@ class SelfSupervisedTrainer(Trainer):
         if schedule is not None:
             schedule.attach(self)
         if train_handlers:
-            self._register_handlers(train_handlers)
+            self.add_handlers(train_handlers)
+
+    def add_handlers(self, handlers: Sequence) -> None:
+        """Attach handlers that need the trainer itself (its RNG state, its scaler), after construction."""
+        self._register_handlers(handlers)
 
     def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict) -> dict:
         images = batchdata[self.image_key].to(engine.state.device, non_blocking=engine.non_blocking)
