@@ -25,7 +25,7 @@ def _run(*args, cwd):
 def tiny_run(demo_dir, tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("spark_ckpt")
     args = ["run", "--config_file", str(BUNDLE / "configs" / "train.json"), "--dataset_dir", str(demo_dir),
-            "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "32",
+            "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64",
             "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "3", "--image_log_interval", "2"]
     first = _run(*args, "--max_epochs", "1", cwd=tmp_path_factory.mktemp("cwd"))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -86,12 +86,12 @@ def test_two_process_ddp_run_with_gloo(demo_dir, tmp_path):
     configs = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--config_file", configs, "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir",
-           str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "32", "--batch_size", "4", "--num_workers", "0",
+           str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64", "--batch_size", "4", "--num_workers", "0",
            "--max_epochs", "1"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
-    # 16 training slices split by the DistributedSampler: 8 per rank, 2 iterations of 4
+    # 16 training slices split by the sampler: 8 per rank, 2 iterations of 4
     state = torch.load(ckpt / "checkpoint_2.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 2
     assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped: loads without DDP

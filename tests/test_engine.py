@@ -5,40 +5,93 @@ import torch
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
+from monai.transforms import Compose, RandFlipd, RandTorchVisiond
+
+from medssl_monai.data import AxialSliceDataset, ResumableSampler
 from medssl_monai.engines import IterationSchedule, build_optimizer
 from medssl_monai.engines.checkpoint import CheckpointWriter, ResumeFromCheckpoint, latest_checkpoint, load_checkpoint
 from medssl_monai.engines.trainer import SelfSupervisedTrainer
 from medssl_monai.networks.spark import SparK
 
-DATA = [{"image": torch.rand(1, 32, 32)} for _ in range(8)]
+DATA = [{"image": torch.rand(1, 64, 64)} for _ in range(8)]
 
 
-def _trainer(ckpt_dir, max_epochs, seed, resume=True):
+def _trainer(ckpt_dir, max_epochs, seed, resume=True, loader=None, interval=2, kill_after=None):
     torch.manual_seed(seed)
-    model = SparK("resnet18", image_size=32, mask_ratio=0.5, decoder_width=32)
+    model = SparK("resnet18", image_size=64, mask_ratio=0.5, decoder_width=32)
     opt = build_optimizer(model, "lamb", lr=1e-3)
-    loader = DataLoader(DATA, batch_size=4, shuffle=True)
+    loader = loader or DataLoader(DATA, batch_size=4, shuffle=True)
     losses = []
     trainer = SelfSupervisedTrainer("cpu", max_epochs, loader, model, opt,
-                                    schedule=IterationSchedule(opt, 8, 1e-3, warmup_iterations=2))
+                                    schedule=IterationSchedule(opt, max_epochs * len(loader), 1e-3, 2))
     save = {"network": model, "optimizer": opt, "trainer": trainer, "scaler": trainer.grad_scaler, "rng": trainer.rng}
     ResumeFromCheckpoint(ckpt_dir, save, enabled=resume).attach(trainer)
-    CheckpointWriter(ckpt_dir, save, interval=2).attach(trainer)
+    CheckpointWriter(ckpt_dir, save, interval=interval).attach(trainer)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+    if kill_after:  # stop as a killed job would, after the checkpoint of that iteration
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=kill_after), lambda e: e.terminate())
     return trainer, losses
 
 
 def test_resume_continues_the_loss_curve(tmp_path):
     full, full_losses = _trainer(tmp_path / "a", max_epochs=4, seed=0)
     full.run()
-    assert len(full_losses) == 8
-    first, _ = _trainer(tmp_path / "b", max_epochs=2, seed=0)
+    assert len(full_losses) == 8 and min(full_losses) > 0
+    first, _ = _trainer(tmp_path / "b", max_epochs=4, seed=0, kill_after=4)
     first.run()
     assert latest_checkpoint(tmp_path / "b").name == "checkpoint_4.pt"
     resumed, resumed_losses = _trainer(tmp_path / "b", max_epochs=4, seed=123)  # other init: all state must load
     resumed.run()
     assert resumed.state.iteration == 8 and len(resumed_losses) == 4
     assert resumed_losses == pytest.approx(full_losses[4:], rel=1e-5, abs=1e-6)
+
+
+def _augmenting_loader(demo_dir):
+    """Slices with random crops and flips, from 2 persistent workers, through the resumable sampler."""
+    transform = Compose([RandTorchVisiond("image", "RandomResizedCrop", size=64, scale=(0.5, 1.0)),
+                         RandFlipd("image", prob=0.5, spatial_axis=0)])
+    dataset = AxialSliceDataset(demo_dir / "datalist.json", transform=transform)  # 16 training slices
+    return DataLoader(dataset, batch_size=4, sampler=ResumableSampler(dataset, seed=5), drop_last=True,
+                      num_workers=2, persistent_workers=True, generator=torch.Generator().manual_seed(5))
+
+
+def test_resume_mid_epoch_sees_the_same_batches_and_losses(tmp_path, demo_dir):
+    full, full_losses = _trainer(tmp_path / "a", 2, seed=0, loader=_augmenting_loader(demo_dir), interval=3)
+    batches = []
+    full.add_event_handler(Events.ITERATION_COMPLETED, lambda e: batches.append(e.state.output["images"].clone()))
+    full.run()
+    assert len(full_losses) == 8 and min(full_losses) > 0  # 4 iterations per epoch
+
+    killed, _ = _trainer(tmp_path / "b", 2, seed=0, loader=_augmenting_loader(demo_dir), interval=3, kill_after=6)
+    killed.run()
+    assert latest_checkpoint(tmp_path / "b").name == "checkpoint_6.pt"
+
+    resumed, resumed_losses = _trainer(tmp_path / "b", 2, seed=9, loader=_augmenting_loader(demo_dir), interval=3)
+    seen = []
+    resumed.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.output["images"].clone()))
+    resumed.run()
+    assert resumed.state.iteration == 8 and len(seen) == 2
+    for got, expected in zip(seen, batches[6:]):
+        assert torch.equal(got, expected)  # same slices, same crops and flips, despite new worker processes
+    assert resumed_losses == pytest.approx(full_losses[6:], rel=1e-5, abs=1e-6)
+
+
+def test_sampler_shards_pads_and_skips():
+    data = range(10)
+    shards = [list(ResumableSampler(data, seed=1, num_replicas=3, rank=r)) for r in range(3)]
+    assert all(len(s) == 4 for s in shards)
+    assert {i for s in shards for i, _ in s} == set(range(10))  # padded to 12 by repeating samples
+    sampler = ResumableSampler(data, seed=1)
+    epoch1 = list(sampler)
+    assert list(sampler) == epoch1  # a function of (seed, epoch) only
+    sampler.set_epoch(2)
+    epoch2 = list(sampler)
+    assert sorted(i for i, _ in epoch2) == list(range(10)) and epoch2 != epoch1
+    sampler.skip(3)
+    assert list(sampler) == epoch2[3:]
+    assert list(sampler) == epoch2  # skipping is once
+    with pytest.raises(ValueError, match="rank 3 is outside"):
+        ResumableSampler(data, num_replicas=3, rank=3)
 
 
 def test_checkpoints_load_weights_only_and_bad_files_fail_clearly(tmp_path):

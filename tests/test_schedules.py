@@ -9,7 +9,7 @@ from medssl_monai.networks.spark import SparK
 
 
 def test_no_weight_decay_on_biases_norms_and_mask_tokens():
-    model = SparK("resnet18", image_size=32, decoder_width=64)
+    model = SparK("resnet18", image_size=64, decoder_width=64)
     decay, no_decay = param_groups(model, 0.04)
     ids = {id(p) for p in no_decay["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in ids}

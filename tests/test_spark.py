@@ -74,6 +74,8 @@ def test_mask_has_the_requested_ratio_and_bad_sizes_fail(model):
     assert mask.shape == (5, 1, 2, 2) and torch.all(mask.view(5, -1).sum(1) == 2)
     with pytest.raises(ValueError, match="multiple of 32"):
         SparK("resnet18", image_size=100)
+    with pytest.raises(ValueError, match="leaves no patch of the 1x1 grid masked"):
+        SparK("resnet18", image_size=32)
     with pytest.raises(ValueError, match=r"expects input \(B, 1, 64, 64\)"):
         model(torch.randn(1, 1, 32, 32))
 
@@ -98,7 +100,7 @@ def test_tiny_overfit_halves_the_loss():
 
 @pytest.mark.parametrize("backbone,in_channels", [("resnet18", 3), ("resnet50", 1)])
 def test_encoder_loads_into_torchvision_with_only_fc_missing(backbone, in_channels):
-    model = SparK(backbone, in_channels=in_channels, image_size=32, decoder_width=64)
+    model = SparK(backbone, in_channels=in_channels, image_size=64, decoder_width=64)
     net = getattr(torchvision.models, backbone)()
     if in_channels == 1:
         net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)

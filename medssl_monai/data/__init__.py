@@ -7,6 +7,7 @@ from medssl_monai.data.downstream import (
     medmnist_datalist,
     table_datalist,
 )
+from medssl_monai.data.sampling import ResumableSampler
 from medssl_monai.data.transforms import HU_WINDOWS, FiniteCheckd, HUWindowd, ct_loading, resolve_window
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "FiniteCheckd",
     "HUWindowd",
     "HU_WINDOWS",
+    "ResumableSampler",
     "cached_dataset",
     "class_folder_datalist",
     "ct_loading",

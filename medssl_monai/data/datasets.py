@@ -20,6 +20,7 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 from monai.utils import convert_to_tensor
 
+from medssl_monai.data.sampling import seeded
 from medssl_monai.data.transforms import ct_loading
 
 __all__ = ["AxialSliceDataset", "png_slice_dataset", "read_datalist", "cached_dataset"]
@@ -118,12 +119,14 @@ class AxialSliceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        """Slice ``item``, or ``(index, sample_seed)`` from a :class:`ResumableSampler` (seeded augmentation)."""
+        i, seed = item if isinstance(item, tuple) else (item, None)
         v, k = self.index[i]
         volume = self.volumes[v]["image"]  # (C, X, Y, Z)
         image = convert_to_tensor(volume, track_meta=False)[..., k].clone()  # (C, X, Y)
         sample = {"image": image, "volume": v, "slice": k}
-        return self.transform(sample) if self.transform is not None else sample
+        return seeded(seed, self.transform, sample) if self.transform is not None else sample
 
 
 def png_slice_dataset(

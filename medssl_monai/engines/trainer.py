@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+from ignite.engine import Events
 from monai.engines import Trainer
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
@@ -95,6 +96,8 @@ class SelfSupervisedTrainer(Trainer):
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp and self.autocast_dtype == torch.float16)
         self.rng = RNGState()
+        if hasattr(getattr(train_data_loader, "sampler", None), "skip"):
+            self.add_event_handler(Events.EPOCH_STARTED, self._position_sampler)
         if schedule is not None:
             schedule.attach(self)
         if train_handlers:
@@ -103,6 +106,14 @@ class SelfSupervisedTrainer(Trainer):
     def add_handlers(self, handlers: Sequence) -> None:
         """Attach handlers that need the trainer itself (its RNG state, its scaler), after construction."""
         self._register_handlers(handlers)
+
+    def _position_sampler(self, engine: SelfSupervisedTrainer) -> None:
+        """Give a :class:`~medssl_monai.data.ResumableSampler` the epoch, and the batches a resumed run has done."""
+        state = engine.state
+        sampler = self.data_loader.sampler
+        sampler.set_epoch(state.epoch)
+        done = state.iteration - (state.epoch - 1) * state.epoch_length  # > 0 only when resuming mid-epoch
+        sampler.skip(done * self.data_loader.batch_size)
 
     def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict) -> dict:
         images = batchdata[self.image_key].to(engine.state.device, non_blocking=engine.non_blocking)

@@ -219,6 +219,10 @@ class SparK(nn.Module):
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.image_size, self.mask_ratio, self.in_channels = image_size, mask_ratio, in_channels
         self.grid = image_size // DOWNSAMPLE
+        if self.grid**2 - max(1, round(self.grid**2 * (1 - mask_ratio))) < 1:
+            raise ValueError(f"image_size {image_size} with mask_ratio {mask_ratio} leaves no patch of the "
+                             f"{self.grid}x{self.grid} grid masked, so there is nothing to reconstruct; use a larger "
+                             "image_size or mask_ratio")
         self.encoder = SparseEncoder(backbone, in_channels, sync_bn)
         self.decoder = LightDecoder(decoder_width, in_channels)
         dec = self.decoder.channels[:4]

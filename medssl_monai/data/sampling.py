@@ -1,0 +1,82 @@
+"""A sampler that lets a killed run continue on exactly the samples, and the augmentations, it would have seen.
+
+Resuming from a checkpoint taken in the middle of an epoch needs two things a plain ``shuffle=True`` loader does
+not give: the epoch's order must be a function of (seed, epoch) alone, so that it can be rebuilt and the
+batches already trained on skipped; and each sample's random augmentation must not depend on which worker
+process drew it or on how far that worker's random stream had run before the interruption. So
+:class:`ResumableSampler` yields ``(index, sample_seed)`` pairs, and datasets that accept them (such as
+:class:`~medssl_monai.data.AxialSliceDataset`) seed their random transforms with ``sample_seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["ResumableSampler", "seeded"]
+
+
+def seeded(seed: int | None, transform, sample: dict) -> dict:
+    """``transform(sample)`` with MONAI's and torch's random streams seeded by ``seed`` (no seed: as they are).
+
+    torch's global stream is forked, so torchvision-based transforms (``RandTorchVisiond``) are reproducible too
+    and the caller's stream is left where it was.
+    """
+    if seed is None:
+        return transform(sample)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if hasattr(transform, "set_random_state"):
+            transform.set_random_state(seed=seed)
+        return transform(sample)
+
+
+class ResumableSampler(Sampler):
+    """Shuffled (or ordered) epochs that depend on (seed, epoch) only, sharded over distributed ranks.
+
+    Args:
+        data_source: the dataset (only its length is used).
+        seed: the run's seed; the order of epoch ``e`` and each sample's augmentation seed derive from it.
+        shuffle: permute each epoch; ``False`` keeps the dataset order (sample seeds still vary by epoch).
+        num_replicas: ranks sharing the epoch (default: the world size, 1 without torch.distributed).
+        rank: this process's rank (default: the current rank).
+
+    As with torch's ``DistributedSampler``, the epoch is padded by repeating samples so that every rank gets
+    the same number. The trainer calls :meth:`set_epoch` and, when it resumes mid-epoch, :meth:`skip`.
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        import ignite.distributed as idist
+
+        self.size, self.seed, self.shuffle = len(data_source), int(seed), shuffle
+        self.num_replicas = idist.get_world_size() if num_replicas is None else num_replicas
+        self.rank = idist.get_rank() if rank is None else rank
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is outside 0..{self.num_replicas - 1}")
+        self.per_rank = -(-self.size // self.num_replicas)  # ceil
+        self.epoch, self._skip = 1, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch`` for the next iteration over this sampler."""
+        self.epoch = int(epoch)
+
+    def skip(self, samples: int) -> None:
+        """Leave out the first ``samples`` of this rank's share, once (the batches a resumed run already did)."""
+        self._skip = int(samples)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        order = torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
+        sample_seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=g)
+        padded = order.repeat(-(-self.per_rank * self.num_replicas // self.size))[: self.per_rank * self.num_replicas]
+        mine = padded[self.rank :: self.num_replicas]  # (per_rank,)
+        start, self._skip = self._skip, 0
+        for i in mine[start:].tolist():
+            yield i, int(sample_seeds[i])
