@@ -75,11 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare_dicom)
 
+    from medssl_monai.engines.export import LAYOUTS
+
     p = sub.add_parser("export-encoder", help="write the backbone of a training checkpoint as a plain encoder file")
     p.add_argument("checkpoint", help="a checkpoint_<iteration>.pt from a pre-training bundle")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--layout", choices=("torchvision", "spark"), default="torchvision",
-                   help="torchvision: plain state_dict; spark: {'module': state_dict} as the SparK releases")
+    p.add_argument("--layout", choices=LAYOUTS, default="torchvision",
+                   help="torchvision: plain state_dict; spark, moco, byol, swav: the reference study's release "
+                   "layouts ({'module': sd}; {'state_dict': sd} with prefixes encoder_q., online_network.encoder., "
+                   "model.)")
     p.set_defaults(func=_export_encoder)
     return parser
 

@@ -7,22 +7,27 @@ from torch.utils.data import DataLoader
 
 from monai.transforms import Compose, RandFlipd, RandTorchVisiond
 
-from medssl_monai.data import AxialSliceDataset, ResumableSampler
+from medssl_monai.data import AxialSliceDataset, MultiViewd, ResumableSampler, ct_augmentation
 from medssl_monai.engines import IterationSchedule, build_optimizer
 from medssl_monai.engines.checkpoint import CheckpointWriter, ResumeFromCheckpoint, latest_checkpoint, load_checkpoint
 from medssl_monai.engines.trainer import SelfSupervisedTrainer
-from medssl_monai.networks.spark import SparK
+from medssl_monai.networks import BYOL, MoCo, SparK, SwAV
 
 DATA = [{"image": torch.rand(1, 64, 64)} for _ in range(8)]
 
 
-def _trainer(ckpt_dir, max_epochs, seed, resume=True, loader=None, interval=2, kill_after=None):
+def _spark():
+    return SparK("resnet18", image_size=64, mask_ratio=0.5, decoder_width=32)
+
+
+def _trainer(ckpt_dir, max_epochs, seed, resume=True, loader=None, interval=2, kill_after=None, model=_spark,
+             image_key="image"):
     torch.manual_seed(seed)
-    model = SparK("resnet18", image_size=64, mask_ratio=0.5, decoder_width=32)
+    model = model()
     opt = build_optimizer(model, "lamb", lr=1e-3)
     loader = loader or DataLoader(DATA, batch_size=4, shuffle=True)
     losses = []
-    trainer = SelfSupervisedTrainer("cpu", max_epochs, loader, model, opt,
+    trainer = SelfSupervisedTrainer("cpu", max_epochs, loader, model, opt, image_key=image_key,
                                     schedule=IterationSchedule(opt, max_epochs * len(loader), 1e-3, 2))
     save = {"network": model, "optimizer": opt, "trainer": trainer, "scaler": trainer.grad_scaler, "rng": trainer.rng}
     ResumeFromCheckpoint(ckpt_dir, save, enabled=resume).attach(trainer)
@@ -74,6 +79,39 @@ def test_resume_mid_epoch_sees_the_same_batches_and_losses(tmp_path, demo_dir):
     for got, expected in zip(seen, batches[6:]):
         assert torch.equal(got, expected)  # same slices, same crops and flips, despite new worker processes
     assert resumed_losses == pytest.approx(full_losses[6:], rel=1e-5, abs=1e-6)
+
+
+METHODS = {
+    "moco": (lambda: MoCo("resnet18", hidden_dim=32, out_dim=8, queue_size=12, momentum=0.9), [2]),
+    "byol": (lambda: BYOL("resnet18", hidden_dim=32, out_dim=8, total_iterations=8), [2]),
+    "swav": (lambda: SwAV("resnet18", hidden_dim=32, out_dim=8, num_prototypes=6, freeze_prototypes_iterations=5,
+                          queue_length=8), [2, 2]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_joint_embedding_methods_resume_mid_epoch_exactly(method, tmp_path, demo_dir):
+    """Queues, momentum encoders, prototypes and the EMA/freeze position all come back from the checkpoint."""
+    factory, counts = METHODS[method]
+    views = MultiViewd("image", [ct_augmentation(64, noise_std=0.02), ct_augmentation(32, (0.1, 0.33))][:len(counts)],
+                       counts)
+    dataset = AxialSliceDataset(demo_dir / "datalist.json", transform=Compose([views]))
+
+    def loader():
+        return DataLoader(dataset, batch_size=4, sampler=ResumableSampler(dataset, seed=3), drop_last=True,
+                          generator=torch.Generator().manual_seed(3))
+
+    run = {"model": factory, "image_key": "views", "interval": 3}
+    full, full_losses = _trainer(tmp_path / "a", 2, seed=0, loader=loader(), **run)
+    full.run()
+    _trainer(tmp_path / "b", 2, seed=0, loader=loader(), kill_after=6, **run)[0].run()
+    resumed, resumed_losses = _trainer(tmp_path / "b", 2, seed=1, loader=loader(), **run)
+    resumed.run()
+    assert resumed_losses == pytest.approx(full_losses[6:], rel=1e-5, abs=1e-6)
+    final, expected = resumed.network.state_dict(), full.network.state_dict()
+    for name in ("step", "queue", "queue_ptr", "momentum_head.0.weight", "target_projector.0.weight"):
+        if name in expected:
+            assert torch.allclose(final[name].float(), expected[name].float(), atol=1e-5), name
 
 
 def test_sampler_shards_pads_and_skips():

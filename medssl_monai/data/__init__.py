@@ -8,16 +8,19 @@ from medssl_monai.data.downstream import (
     table_datalist,
 )
 from medssl_monai.data.sampling import ResumableSampler
+from medssl_monai.data.views import MultiViewd, ct_augmentation
 from medssl_monai.data.transforms import HU_WINDOWS, FiniteCheckd, HUWindowd, ct_loading, resolve_window
 
 __all__ = [
     "AxialSliceDataset",
     "FiniteCheckd",
     "HUWindowd",
+    "MultiViewd",
     "HU_WINDOWS",
     "ResumableSampler",
     "cached_dataset",
     "class_folder_datalist",
+    "ct_augmentation",
     "ct_loading",
     "downstream_dataset",
     "medmnist_datalist",

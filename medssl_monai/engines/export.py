@@ -1,8 +1,10 @@
 """Encoder export: the pre-trained backbone as a plain torchvision state_dict, or in a method's release layout.
 
 ``torchvision``: ``{name: tensor}`` that ``torchvision.models.resnet50().load_state_dict(sd, strict=False)``
-accepts with only ``fc.weight`` and ``fc.bias`` missing. ``spark``: ``{"module": state_dict}`` as the SparK
-releases, for the authors' downstream code.
+accepts with only ``fc.weight`` and ``fc.bias`` missing. The release layouts of the reference study's
+checkpoints, for the authors' downstream code and other tools that read them: ``spark``
+``{"module": state_dict}``; ``moco``, ``byol`` and ``swav`` ``{"state_dict": {prefix + name: tensor}}`` with the
+prefixes ``encoder_q.``, ``online_network.encoder.`` and ``model.`` of their Lightning checkpoints.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from medssl_monai.utils import atomic_path
 
 __all__ = ["LAYOUTS", "backbone_state_dict", "save_encoder", "export_encoder", "EncoderExporter", "RunInfo"]
 
-LAYOUTS = ("torchvision", "spark")
+RELEASE_PREFIXES = {"moco": "encoder_q.", "byol": "online_network.encoder.", "swav": "model."}
+LAYOUTS = ("torchvision", "spark", *RELEASE_PREFIXES)
 
 
 class RunInfo:
@@ -49,7 +52,12 @@ def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout:
     """Write a backbone state_dict in ``layout``, atomically."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    payload = state if layout == "torchvision" else {"module": state}
+    if layout == "torchvision":
+        payload = state
+    elif layout == "spark":
+        payload = {"module": state}
+    else:
+        payload = {"state_dict": {RELEASE_PREFIXES[layout] + k: v for k, v in state.items()}}
     with atomic_path(out) as tmp:
         torch.save(payload, tmp)
     return Path(out)

@@ -21,11 +21,14 @@ class TrainingLogger:
         log_dir: TensorBoard folder.
         optimizer: its first group's lr is logged.
         image_interval: iterations between image grids (0: none). Grids show the output keys present among
-            ``images``, ``masked_input`` and ``reconstruction`` (first 4 samples, first channel).
+            ``images``, ``second_view``, ``masked_input`` and ``reconstruction`` (first 4 samples, first channel).
+
+    Besides loss, lr and images/s, every scalar tensor of the output (MoCo's positive similarity, BYOL's tau,
+    SwAV's prototype freeze) is logged as ``train/<name>``.
         progress: show the console progress bar.
     """
 
-    IMAGE_KEYS = ("images", "masked_input", "reconstruction")
+    IMAGE_KEYS = ("images", "second_view", "masked_input", "reconstruction")
 
     def __init__(self, log_dir: str | os.PathLike, optimizer: torch.optim.Optimizer, image_interval: int = 50,
                  progress: bool = True) -> None:
@@ -55,6 +58,9 @@ class TrainingLogger:
         self.writer.add_scalar("train/loss", out["loss"], step)
         self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
         self.writer.add_scalar("train/images_per_s", out["images"].shape[0] / seconds, step)
+        for name, value in out.items():
+            if torch.is_tensor(value) and value.ndim == 0:
+                self.writer.add_scalar(f"train/{name}", value.item(), step)
         if self.image_interval and (step % self.image_interval == 0 or step == 1):
             rows = [out[k][:4, :1].float().cpu() for k in self.IMAGE_KEYS if k in out]  # each (n, 1, H, W)
             grid = torch.cat(rows).clamp(0, 1)

@@ -39,7 +39,8 @@ def build_optimizer(
     betas: Iterable[float] = (0.9, 0.95),
     momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
-    """``lamb`` (timm's, its own clipping off: the engine clips), ``adamw``, ``adam`` or ``sgd``."""
+    """``lamb`` (timm's, its own clipping off: the engine clips), ``lars`` (timm's; the trust ratio only on the
+    decayed group, as SwAV excludes biases and norms), ``adamw``, ``adam`` or ``sgd``."""
     groups = param_groups(model, weight_decay)
     if name == "lamb":
         from timm.optim import Lamb
@@ -49,9 +50,13 @@ def build_optimizer(
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if name == "lars":
+        from timm.optim import Lars
+
+        return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; expected lamb, adamw, adam or sgd")
+    raise ValueError(f"unknown optimizer {name!r}; expected lamb, lars, adamw, adam or sgd")
 
 
 def cosine(step: int, total: int, start: float, end: float, warmup: int = 0) -> float:

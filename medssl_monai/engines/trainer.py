@@ -64,7 +64,8 @@ class SelfSupervisedTrainer(Trainer):
         grad_clip: maximum gradient norm (``None`` or 0: no clipping).
         amp: mixed precision: bf16 autocast on CPU, fp16 (with a gradient scaler) or bf16 on GPU.
         amp_dtype: ``float16`` or ``bfloat16`` on GPU.
-        image_key: batch key of the images.
+        image_key: batch key of the images: a (B, C, H, W) batch, or a list of such batches (views), which
+            the method receives as a list.
         inferer: unused in training; present for MONAI's train-workflow properties.
         train_handlers: MONAI/ignite handlers to attach.
     """
@@ -116,11 +117,13 @@ class SelfSupervisedTrainer(Trainer):
         sampler.skip(done * self.data_loader.batch_size)
 
     def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict) -> dict:
-        images = batchdata[self.image_key].to(engine.state.device, non_blocking=engine.non_blocking)
+        inputs = batchdata[self.image_key]  # (B, C, H, W), or a list of views for the joint-embedding methods
+        views = [v.to(engine.state.device, non_blocking=engine.non_blocking)
+                 for v in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.amp):
-            out = self.network(images)
+            out = self.network(views if isinstance(inputs, (list, tuple)) else views[0])
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -135,5 +138,7 @@ class SelfSupervisedTrainer(Trainer):
         self.grad_scaler.update()
         output = {k: v.detach() for k, v in out.items() if torch.is_tensor(v)}
         output["loss"] = loss.item()
-        output["images"] = images.detach()
+        output["images"] = views[0].detach()
+        if len(views) > 1 and views[1].shape == views[0].shape:
+            output["second_view"] = views[1].detach()
         return output

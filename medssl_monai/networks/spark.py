@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-__all__ = ["upsample_mask", "MaskContext", "SparseEncoder", "LightDecoder", "SparK", "BACKBONES"]
+from medssl_monai.networks.backbones import resnet
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+__all__ = ["upsample_mask", "MaskContext", "SparseEncoder", "LightDecoder", "SparK"]
 DOWNSAMPLE = 32
 
 
@@ -130,11 +129,7 @@ class SparseEncoder(nn.Module):
 
     def __init__(self, backbone: str = "resnet50", in_channels: int = 1, sync_bn: bool = False) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
-        net = getattr(torchvision.models, backbone)(weights=None)
-        if in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        net = resnet(backbone, in_channels)
         del net.fc, net.avgpool
         self.context = MaskContext()
         self.net = _sparsify(net, self.context, sync_bn)
@@ -246,6 +241,12 @@ class SparK(nn.Module):
         mask = torch.zeros(batch, n, dtype=torch.bool, device=device)
         mask.scatter_(1, order[:, :keep], True)
         return mask.view(batch, 1, self.grid, self.grid)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D) of the whole, unmasked input, for monitoring (k-NN, collapse)."""
+        b, _, h, w = x.shape
+        visible = torch.ones(b, 1, h // DOWNSAMPLE, w // DOWNSAMPLE, dtype=torch.bool, device=x.device)
+        return self.encoder(x, visible)[0].mean(dim=(2, 3))
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, p*p*C) with p = 32, L = (H/32)*(W/32)."""

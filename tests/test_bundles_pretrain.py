@@ -1,4 +1,4 @@
-"""The spark_pretrain bundle end to end through ``python -m monai.bundle``, and its MONAI checks."""
+"""The four pre-training bundles end to end through ``python -m monai.bundle``, and their MONAI checks."""
 
 import json
 import os
@@ -11,7 +11,11 @@ import torch
 import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "spark_pretrain"
+METHODS = ("spark", "moco", "byol", "swav")
+# small settings: ResNet18, 64 px (SwAV's local crops 32 px), batch 4
+OVERRIDES = {"swav": ["--local_size", "32", "--freeze_prototypes_iterations", "2"]}
+RELEASE = {"spark": ("module", ""), "moco": ("state_dict", "encoder_q."), "byol": ("state_dict", "online_network.encoder."),
+           "swav": ("state_dict", "model.")}
 SCHEMA = ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
 
 
@@ -21,73 +25,92 @@ def _run(*args, cwd):
                           text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(demo_dir, tmp_path_factory):
-    ckpt = tmp_path_factory.mktemp("spark_ckpt")
-    args = ["run", "--config_file", str(BUNDLE / "configs" / "train.json"), "--dataset_dir", str(demo_dir),
+def _bundle(method):
+    return ROOT / "bundles" / f"{method}_pretrain"
+
+
+def _small_resnet18():
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    return net
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def tiny_run(request, demo_dir, tmp_path_factory):
+    method = request.param
+    ckpt = tmp_path_factory.mktemp(f"{method}_ckpt")
+    args = ["run", "--config_file", str(_bundle(method) / "configs" / "train.json"), "--dataset_dir", str(demo_dir),
             "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64",
-            "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "3", "--image_log_interval", "2"]
+            "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "3", "--image_log_interval", "2",
+            *OVERRIDES.get(method, [])]
     first = _run(*args, "--max_epochs", "1", cwd=tmp_path_factory.mktemp("cwd"))
     assert first.returncode == 0, first.stderr[-3000:]
     second = _run(*args, "--max_epochs", "2", cwd=tmp_path_factory.mktemp("cwd"))  # resumes from epoch 1
     assert second.returncode == 0, second.stderr[-3000:]
-    return ckpt, first, second
+    return method, ckpt, second
 
 
-def test_bundle_trains_resumes_and_exports(tiny_run):
-    ckpt, _, second = tiny_run
+def test_bundle_trains_resumes_monitors_and_exports(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    method, ckpt, second = tiny_run
     assert "resumed from" in second.stdout + second.stderr
     names = sorted(p.name for p in ckpt.glob("checkpoint_*.pt"))
     assert names[-1] == "checkpoint_8.pt"  # 2 epochs x 4 iterations (16 slices, batch 4)
     state = torch.load(ckpt / names[-1], weights_only=True)
-    assert state["trainer"]["iteration"] == 8 and state["info"]["method"] == "spark"
+    assert state["trainer"]["iteration"] == 8 and state["info"]["method"] == method
     sd = torch.load(ckpt / "encoder.pt", weights_only=True)
-    net = torchvision.models.resnet18()
-    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    result = net.load_state_dict(sd, strict=False)
+    result = _small_resnet18().load_state_dict(sd, strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
-    release = torch.load(ckpt / "encoder_spark.pth", weights_only=True)
-    assert set(release) == {"module"} and release["module"].keys() == sd.keys()
-    assert list((ckpt / "logs").glob("events.out.tfevents.*"))
+    wrapper, prefix = RELEASE[method]
+    release = torch.load(ckpt / f"encoder_{method}.pth", weights_only=True)
+    assert set(release) == {wrapper} and sorted(release[wrapper]) == sorted(prefix + k for k in sd)
+    tags = set()
+    for events in (ckpt / "logs").glob("events.out.tfevents.*"):
+        tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
+    assert {"train/loss", "train/lr", "knn/accuracy", "collapse/aggregate"} <= tags
 
 
-def test_train_workflow_properties_and_metadata(demo_dir, tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_train_workflow_properties_and_metadata(method, demo_dir, tmp_path):
     from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train",
+    bundle = _bundle(method)
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
                               dataset_dir=str(demo_dir), ckpt_dir=str(tmp_path), log_dir=str(tmp_path / "logs"))
     workflow.initialize()
     assert not workflow.check_properties()
     assert SCHEMA.is_file(), f"the bundle schema copy is expected beside the checkout at {SCHEMA}"
-    result = _run("verify_metadata", "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(SCHEMA),
+    result = _run("verify_metadata", "--meta_file", str(bundle / "configs" / "metadata.json"), "--filepath", str(SCHEMA),
                   cwd=ROOT)
     assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr
-    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
-    for name in ("LICENSE", "docs/README.md", "configs/logging.conf"):
-        assert (BUNDLE / name).is_file()
+    for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/multi_gpu_train.json"):
+        assert (bundle / name).is_file()
 
 
 def test_export_encoder_command_from_a_checkpoint(tiny_run, tmp_path):
     from medssl_monai.cli import main
 
-    ckpt, _, _ = tiny_run
+    method, ckpt, _ = tiny_run
     assert main(["export-encoder", str(ckpt / "checkpoint_8.pt"), "--out", str(tmp_path / "e.pth"), "--layout",
-                 "spark"]) == 0
-    exported = torch.load(tmp_path / "e.pth", weights_only=True)["module"]
+                 "torchvision"]) == 0
+    exported = torch.load(tmp_path / "e.pth", weights_only=True)
     reference = torch.load(ckpt / "encoder.pt", weights_only=True)
     assert exported.keys() == reference.keys() and all(torch.equal(exported[k], reference[k]) for k in reference)
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     assert main(["export-encoder", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "x.pt")]) == 2
 
 
-def test_two_process_ddp_run_with_gloo(demo_dir, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    configs = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
+@pytest.mark.parametrize("method", ["spark", "moco"])
+def test_two_process_ddp_run_with_gloo(method, demo_dir, tmp_path):
+    ckpt, bundle = tmp_path / "ckpt", _bundle(method)
+    configs = f"['{bundle / 'configs' / 'train.json'}','{bundle / 'configs' / 'multi_gpu_train.json'}']"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--config_file", configs, "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir",
            str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64", "--batch_size", "4", "--num_workers", "0",
-           "--max_epochs", "1"]
+           "--max_epochs", "1", *(["--queue_size", "12"] if method == "moco" else [])]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -95,7 +118,7 @@ def test_two_process_ddp_run_with_gloo(demo_dir, tmp_path):
     state = torch.load(ckpt / "checkpoint_2.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 2
     assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped: loads without DDP
-    net = torchvision.models.resnet18()
-    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    result = net.load_state_dict(torch.load(ckpt / "encoder.pt", weights_only=True), strict=False)
+    if method == "moco":  # keys of both ranks enqueued: 2 iterations x 2 ranks x 4 keys into a queue of 12
+        assert int(state["network"]["queue_ptr"]) == 16 % 12
+    result = _small_resnet18().load_state_dict(torch.load(ckpt / "encoder.pt", weights_only=True), strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys

@@ -1,0 +1,33 @@
+"""The backbone factory every method shares: a torchvision ResNet with a 1- or 3-channel stem.
+
+The modules keep torchvision's names, so a backbone's state_dict (less ``fc``) loads straight into
+``torchvision.models.resnet50()``; the methods keep their backbone under the prefix ``backbone.`` (SparK:
+``encoder.net.``), which is all encoder export needs to know.
+"""
+
+from __future__ import annotations
+
+import torchvision
+from torch import nn
+
+__all__ = ["BACKBONES", "resnet"]
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+
+
+def resnet(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
+    """A randomly initialised torchvision ResNet whose ``fc`` is an identity: (B, C, H, W) -> (B, feature_dim).
+
+    ``feature_dim`` (2048 for resnet50, 512 for resnet18/34) is kept as an attribute of the returned module.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (CT as is) or 3 (replicated), got {in_channels}")
+    net = getattr(torchvision.models, backbone)(weights=None)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net
+
