@@ -1,11 +1,16 @@
-"""Helpers that bundle configs call: where a bundle lives, and the demo data they default to."""
+"""Helpers that bundle configs call (where a bundle lives, the demo data and encoder they default to), and
+packing a bundle for sharing."""
 
 from __future__ import annotations
 
 import logging
+import os
+import zipfile
 from pathlib import Path
 
-__all__ = ["bundle_root", "demo_data_dir"]
+from medssl_monai.utils import atomic_path
+
+__all__ = ["bundle_root", "demo_data_dir", "demo_encoder", "pack_bundle"]
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
 logger = logging.getLogger(__name__)
@@ -36,3 +41,34 @@ def demo_data_dir(generate: bool = True) -> str:
         logger.info(f"demo data missing: generating it in {root} (about 30 s)")
         make_demo_data(root)
     return str(root)
+
+
+def demo_encoder(method: str = "spark") -> str | None:
+    """``models/encoder.pt`` of this checkout's ``<method>_pretrain`` bundle when it has been trained, else None
+    (the classifier then starts from scratch, and says so)."""
+    path = _SOURCE_ROOT / "bundles" / f"{method}_pretrain" / "models" / "encoder.pt"
+    if path.is_file():
+        logger.info(f"starting from the demo {method} encoder {path}")
+        return str(path)
+    logger.info(f"no demo {method} encoder at {path} (run the {method}_pretrain bundle first): training from scratch")
+    return None
+
+
+# what a shared bundle holds: configs, docs, licence and the trained weights, not logs or training checkpoints
+PACKED = ("configs", "docs", "LICENSE", "models/model.pt", "models/model.ts", "scripts")
+
+
+def pack_bundle(name: str, out: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Zip bundle ``name`` (a single top folder of that name) with its trained ``models/model.pt``."""
+    root = Path(root or bundle_root(name))
+    if not (root / "models" / "model.pt").is_file():
+        raise FileNotFoundError(f"{root / 'models' / 'model.pt'} does not exist: train the bundle first")
+    out = Path(out)
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for entry in PACKED:
+            path = root / entry
+            files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+                if path.is_dir() else [path] if path.is_file() else []
+            for f in files:
+                archive.write(f, Path(name) / f.relative_to(root))
+    return out

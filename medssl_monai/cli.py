@@ -50,6 +50,26 @@ def _export_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_checkpoint(args: argparse.Namespace) -> int:
+    from medssl_monai.networks.pretrained import detect_backbone
+
+    try:
+        arch, channels, weights = detect_backbone(args.checkpoint, args.format, args.trust_checkpoint)
+    except ValueError as err:
+        print(f"cannot initialise a backbone: {err}", file=sys.stderr)
+        return 1
+    print(f"file: {args.checkpoint}\nformat: {weights.format}\nbackbone: {arch} with a {channels}-channel stem\n"
+          f"backbone tensors matched: {len(weights.state)} of {len(weights.state)} (all; fc excluded)")
+    return 0
+
+
+def _pack_bundle(args: argparse.Namespace) -> int:
+    from medssl_monai.bundle import pack_bundle
+
+    print(f"bundle {args.name} packed into {pack_bundle(args.name, args.out, args.bundle_root)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl-monai", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "layouts ({'module': sd}; {'state_dict': sd} with prefixes encoder_q., online_network.encoder., "
                    "model.)")
     p.set_defaults(func=_export_encoder)
+
+    p = sub.add_parser("inspect-checkpoint", help="say which pre-trained format and backbone a checkpoint holds")
+    p.add_argument("checkpoint", help="an encoder, a training checkpoint or a published SparK/MoCo/BYOL/SwAV file")
+    p.add_argument("--format", default="auto", help="auto, medssl, torchvision, spark, moco, byol or swav")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling (Lightning .ckpt files); only for files from a trusted source")
+    p.set_defaults(func=_inspect_checkpoint)
+
+    p = sub.add_parser("pack-bundle", help="zip a trained bundle (configs, docs, licence, models/model.pt)")
+    p.add_argument("name", help="bundle name, e.g. ct_classification")
+    p.add_argument("--out", required=True, help="output .zip")
+    p.add_argument("--bundle-root", default=None, help="the bundle folder (default: bundles/NAME)")
+    p.set_defaults(func=_pack_bundle)
     return parser
 
 

@@ -5,6 +5,7 @@ from medssl_monai.data.downstream import (
     class_folder_datalist,
     downstream_dataset,
     medmnist_datalist,
+    stratified_subset,
     table_datalist,
 )
 from medssl_monai.data.sampling import ResumableSampler
@@ -27,5 +28,6 @@ __all__ = [
     "png_slice_dataset",
     "read_datalist",
     "resolve_window",
+    "stratified_subset",
     "table_datalist",
 ]

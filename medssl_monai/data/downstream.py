@@ -24,7 +24,8 @@ from monai.transforms import Compose
 from medssl_monai.data.datasets import cached_dataset
 from medssl_monai.data.transforms import ct_loading
 
-__all__ = ["SPLITS", "class_folder_datalist", "medmnist_datalist", "table_datalist", "downstream_dataset"]
+__all__ = ["SPLITS", "class_folder_datalist", "medmnist_datalist", "table_datalist", "stratified_subset",
+           "downstream_dataset"]
 
 SPLITS = ("train", "val", "test")
 _JSON_KEYS = {"train": "training", "val": "validation", "test": "test"}
@@ -117,6 +118,26 @@ def table_datalist(path: str | os.PathLike, split: str, base_dir: str | os.PathL
     return samples
 
 
+def stratified_subset(data: Sequence[dict], fraction: float, seed: int = 0, label_key: str = "label") -> list[dict]:
+    """A seeded share ``fraction`` of ``data`` taken class by class (at least one sample of each class).
+
+    Each class is shuffled once by ``seed`` and its first ``round(fraction * n)`` samples kept, so for one seed
+    a smaller fraction is always a subset of a larger one (the label-scarcity study shrinks nested sets).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    by_class: dict[int, list[int]] = {}
+    for i, sample in enumerate(data):
+        by_class.setdefault(int(sample[label_key]), []).append(i)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = rng.permutation(len(members))  # drawn for every class whatever the fraction: nested subsets
+        keep += [members[j] for j in order[: max(1, round(fraction * len(members)))]]
+    return [data[i] for i in sorted(keep)]
+
+
 def downstream_dataset(
     layout: str,
     path: str | os.PathLike,
@@ -127,6 +148,8 @@ def downstream_dataset(
     transform: Callable | None = None,
     cache: str = "memory",
     cache_dir: str | os.PathLike | None = None,
+    label_fraction: float = 1.0,
+    seed: int = 0,
     **layout_args,
 ) -> Dataset:
     """A cached MONAI dataset of one split of a labelled set.
@@ -134,7 +157,10 @@ def downstream_dataset(
     Args:
         layout: ``class_folders``, ``medmnist`` or ``table`` (CSV/JSON); ``layout_args`` go to its function.
         encoding: how the images store intensities (``hu``, ``hu16``, ``uint8``; MedMNIST is always ``uint8``).
+        window: HU window preset, ``[lower, upper]``, or ``minmax`` (the reference study's per-image scaling).
         transform: random transforms after loading (augmentation, resizing).
+        label_fraction: keep this stratified share of the split (see :func:`stratified_subset`).
+        seed: of the subset.
     """
     if layout == "class_folders":
         data, load = class_folder_datalist(path, split, **layout_args), True
@@ -146,5 +172,6 @@ def downstream_dataset(
         raise ValueError(f"unknown layout {layout!r}; expected class_folders, medmnist or table")
     if not data:
         raise ValueError(f"{path}: split {split!r} is empty")
+    data = stratified_subset(data, label_fraction, seed)
     loading = ct_loading("image", encoding, window, in_channels, load=load)
     return cached_dataset(data, loading if transform is None else Compose([loading, transform]), cache, cache_dir)

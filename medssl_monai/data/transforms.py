@@ -16,6 +16,7 @@ from monai.transforms import (
     Orientationd,
     MapTransform,
     RepeatChanneld,
+    ScaleIntensityd,
     ScaleIntensityRanged,
     Transform,
 )
@@ -95,7 +96,8 @@ def ct_loading(
 
     Args:
         encoding: one of :data:`ENCODINGS`.
-        window: HU window (ignored for ``uint8``, whose images carry no HU).
+        window: HU window, or ``minmax`` for per-image min-max scaling (the reference study's preprocessing;
+            ignored for ``uint8``, whose images carry no HU).
         in_channels: 1, or 3 to replicate the channel (the paper's ImageNet-shaped input).
         load: read files; ``False`` for samples that already hold arrays (MedMNIST).
         volume: 3D volumes, reoriented to LPS so that the last axis runs foot to head and a slice reads like
@@ -115,6 +117,8 @@ def ct_loading(
     steps.append(EnsureTyped(keys, dtype="float32", track_meta=volume))
     if encoding == "uint8":
         steps.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
+    elif window == "minmax":  # the reference study's per-image scaling, which gives up the HU scale
+        steps.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0))
     else:
         steps.append(HUWindowd(keys, window, offset=-PNG_HU_OFFSET if encoding == "hu16" else 0.0))
     if in_channels == 3:
