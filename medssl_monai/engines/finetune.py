@@ -60,19 +60,17 @@ class BackboneFreezer:
 
     def __init__(self, network: nn.Module, freeze_epochs: int = 10) -> None:
         self.network, self.freeze_epochs = getattr(network, "module", network), freeze_epochs
+        self.frozen: bool | None = None  # not decided yet
         self._hooks: list = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
-    @property
-    def frozen(self) -> bool:
-        return bool(self._hooks)
-
     def __call__(self, engine: Engine) -> None:
         freeze = engine.state.epoch <= self.freeze_epochs
         if freeze == self.frozen:
             return
+        self.frozen = freeze
         backbone, _ = _split(self.network)
         for p in backbone:
             p.requires_grad_(not freeze)

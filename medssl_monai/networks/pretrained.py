@@ -118,7 +118,8 @@ def read_backbone(path: str | os.PathLike, target: nn.Module, fmt: str = "auto",
             score = len(missing) + len(unexpected) + len(shapes)
             if candidate and (best is None or score < best[0]):
                 best = (score, name, prefix, missing, unexpected, shapes)
-    detail = "no backbone tensors under any of their prefixes"
+    roots = sorted({k.split(".")[0] + ("." if "." in k else "") for k in state})
+    detail = f"no backbone tensors under those prefixes; the file's keys begin with {', '.join(roots[:8])}"
     if best is not None:
         _, name, prefix, missing, unexpected, shapes = best
         detail = (f"closest: {name} (prefix {prefix!r}) with {len(missing)} missing keys {missing[:6]}, "

@@ -1,0 +1,151 @@
+"""The ct_classification bundle end to end through ``python -m monai.bundle``: train from a pre-trained encoder,
+resume, evaluate, pack, infer from the unpacked zip, and the model-zoo checks."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "ct_classification"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
+SMALL = ["--backbone", "resnet18", "--image_size", "64"]
+
+
+def _run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tmp_path_factory):
+    from medssl_monai.engines.export import save_encoder
+    from medssl_monai.networks import resnet
+
+    out = tmp_path_factory.mktemp("cls")
+    torch.manual_seed(0)
+    save_encoder({k: v for k, v in resnet("resnet18", 1).state_dict().items()}, out / "encoder.pt")
+    args = ["run", "--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(demo_dir / "covid_ct"),
+            "--ckpt_dir", str(out / "models"), "--log_dir", str(out / "logs"), "--output_dir", str(out / "eval"),
+            *SMALL, "--batch_size", "8", "--freeze_epochs", "1", "--num_workers", "0", "--n_bootstrap", "50",
+            "--pretrained_checkpoint", str(out / "encoder.pt")]
+    first = _run(*args, "--max_epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run(*args, "--max_epochs", "2")  # resumes after epoch 1, now with the backbone trained
+    assert second.returncode == 0, second.stderr[-3000:]
+    return out, args, first.stderr + first.stdout, second.stderr + second.stdout
+
+
+def test_training_from_an_encoder_resumes_and_reports(trained):
+    out, _, first, second = trained
+    assert "loaded 120 backbone tensors" in first and "torchvision format" in first
+    assert "backbone frozen" in first and "resumed from" in second and "backbone trained" in second
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    for name in ("auc", "accuracy", "f1", "balanced_accuracy"):
+        assert set(metrics[name]) == {"value", "ci_low", "ci_high"}
+    assert metrics["n"] == 10 and metrics["classes"] == ["NonCOVID", "COVID"]
+    assert (out / "eval" / "confusion_matrix.png").stat().st_size > 0 and (out / "eval" / "roc_curve.png").is_file()
+    state = torch.load(out / "models" / "model.pt", weights_only=True)  # a plain state_dict
+    assert "fc.weight" in state and state["fc.weight"].shape == (2, 512)
+
+
+def test_evaluate_config_rewrites_the_report(trained):
+    out, args, _, _ = trained
+    (out / "eval" / "metrics.json").unlink()
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']"
+    result = _run("run", "--config_file", configs, *args[3:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training from scratch" not in result.stderr and "Epoch[1]" not in result.stderr  # no training
+    assert json.loads((out / "eval" / "metrics.json").read_text())["n"] == 10
+
+
+def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp_path):
+    from medssl_monai.cli import main
+
+    out, _, _, _ = trained
+    root = tmp_path / "bundle"
+    (root / "models").mkdir(parents=True)
+    for name in ("configs", "docs", "LICENSE"):
+        src = BUNDLE / name
+        subprocess.run(["cp", "-r", str(src), str(root / name)], check=True)
+    (root / "models" / "model.pt").write_bytes((out / "models" / "model.pt").read_bytes())
+    assert main(["pack-bundle", "ct_classification", "--out", str(tmp_path / "cls.zip"), "--bundle-root",
+                 str(root)]) == 0
+    with zipfile.ZipFile(tmp_path / "cls.zip") as archive:
+        names = archive.namelist()
+        assert {n.split("/")[0] for n in names} == {"ct_classification"}
+        assert "ct_classification/models/model.pt" in names and "ct_classification/configs/inference.json" in names
+        archive.extractall(tmp_path / "unzipped")
+    unpacked = tmp_path / "unzipped" / "ct_classification"
+    image = sorted((demo_dir / "covid_ct" / "Images-processed" / "CT_COVID").glob("*.png"))[0]
+    result = _run("run", "--config_file", str(unpacked / "configs" / "inference.json"), "--bundle_root", str(unpacked),
+                  "--input_image", str(image), *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "class probabilities: {'NonCOVID':" in result.stdout
+    with open(unpacked / "eval" / "predictions.csv") as f:
+        row = next(csv.reader(f))
+    probs = [float(v) for v in row[1:]]
+    assert row[0] == str(image) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+
+    # the MONAI-only inference pipeline gives what the training pipeline's network gives for the same file
+    from monai.networks.nets import ResNet
+    from monai.transforms import Resized
+
+    from medssl_monai.data import downstream_dataset
+
+    net = ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=2, n_input_channels=1, num_classes=2,
+                 conv1_t_stride=2, bias_downsample=False).eval()
+    net.load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
+    data = downstream_dataset("class_folders", demo_dir / "covid_ct", "test", window="lung",
+                              transform=Resized("image", spatial_size=(64, 64)))
+    data = data if any(d["image"] == str(image) for d in data.data) else \
+        downstream_dataset("class_folders", demo_dir / "covid_ct", "train", window="lung",
+                           transform=Resized("image", spatial_size=(64, 64)))
+    index = [d["image"] for d in data.data].index(str(image))
+    with torch.no_grad():
+        expected = torch.softmax(net(data[index]["image"][None]), dim=1)[0]
+    assert probs == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("workflow,config", [("train", "train.json"), ("infer", "inference.json")])
+def test_workflow_properties(workflow, config, demo_dir, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    overrides = {"dataset_dir": str(demo_dir / "covid_ct"), "ckpt_dir": str(tmp_path), "log_dir": str(tmp_path)}
+    wf = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type=workflow,
+                        **(overrides if workflow == "train" else {"bundle_root": str(tmp_path)}))
+    wf.initialize()
+    assert not wf.check_properties()
+
+
+def test_model_zoo_checks(trained, tmp_path):
+    out, _, _, _ = trained
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "NonCOVID", "1": "COVID"}
+    result = _run("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(SCHEMA))
+    assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr
+    result = _run("verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"), "--config_file",
+                  str(CONFIGS / "inference.json"), *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = _run("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
+                  str(out / "models" / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json"), "--config_file",
+                  str(CONFIGS / "inference.json"), *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.rand(2, 1, 64, 64)
+    from monai.networks.nets import ResNet
+
+    net = ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=2, n_input_channels=1, num_classes=2,
+                 conv1_t_stride=2, bias_downsample=False).eval()
+    net.load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
+    assert torch.allclose(scripted(x), net(x), atol=1e-5)
+    for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/multi_gpu_train.json",
+                 "configs/evaluate.json"):
+        assert (BUNDLE / name).is_file()

@@ -1,0 +1,141 @@
+"""Reading pre-trained encoders: the project's own files and the reference study's four published layouts."""
+
+import pytest
+import torch
+import torchvision
+from monai.networks.nets import ResNet
+
+from medssl_monai.cli import main
+from medssl_monai.networks.pretrained import adapt_stem, load_pretrained, read_backbone
+
+
+def _classifier(backbone="resnet50", in_channels=1, num_classes=2):
+    """The ct_classification network: MONAI's ResNet with torchvision's names and stem."""
+    block, layers = ("bottleneck", [3, 4, 6, 3]) if backbone == "resnet50" else ("basic", [2, 2, 2, 2])
+    return ResNet(block, layers, [64, 128, 256, 512], spatial_dims=2, n_input_channels=in_channels,
+                  num_classes=num_classes, conv1_t_stride=2, bias_downsample=False)
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """The four published layouts, built with their key names around one random 3-channel ResNet50."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50()
+    backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    head = {"0.weight": torch.randn(8, 2048), "0.bias": torch.randn(8), "2.weight": torch.randn(4, 8)}
+    lightning = {"epoch": 3, "global_step": 120, "optimizer_states": [], "lr_schedulers": [],
+                 "hyper_parameters": {"lr": 0.015}}
+    files = {
+        "spark": {"module": backbone, "arch": "resnet50", "is_pretrain": True},
+        "moco": {"state_dict": {**{f"encoder_q.{k}": v for k, v in backbone.items()},
+                                **{f"encoder_q.fc.{k}": v for k, v in head.items()},
+                                **{f"encoder_k.{k}": v.clone() for k, v in backbone.items()},
+                                "queue": torch.randn(128, 16), "queue_ptr": torch.zeros(1, dtype=torch.long),
+                                "val_queue": torch.randn(128, 16), "val_queue_ptr": torch.zeros(1, dtype=torch.long)},
+                 **lightning},
+        "byol": {"state_dict": {**{f"online_network.encoder.{k}": v for k, v in backbone.items()},
+                                **{f"online_network.projector.{k}": v for k, v in head.items()},
+                                **{f"online_network.predictor.{k}": v for k, v in head.items()},
+                                **{f"target_network.encoder.{k}": v.clone() for k, v in backbone.items()}},
+                 **lightning},
+        "swav": {"state_dict": {**{f"model.{k}": v for k, v in backbone.items()},
+                                **{f"model.projection_head.{k}": v for k, v in head.items()},
+                                "model.prototypes.weight": torch.randn(500, 4)}, **lightning},
+    }
+    root = tmp_path_factory.mktemp("released")
+    paths = {}
+    for name, content in files.items():
+        paths[name] = root / f"{name}.{'pth' if name == 'spark' else 'ckpt'}"
+        torch.save(content, paths[name])
+    return paths, backbone
+
+
+@pytest.mark.parametrize("fmt", ["spark", "moco", "byol", "swav"])
+@pytest.mark.parametrize("given", ["auto", "explicit"])
+def test_each_published_layout_loads_every_backbone_tensor(released, fmt, given):
+    paths, backbone = released
+    net = _classifier(in_channels=1)
+    weights = load_pretrained(net, paths[fmt], fmt if given == "explicit" else "auto")
+    assert weights.format == fmt and len(weights.state) == len(backbone)
+    state = net.state_dict()
+    for k, v in backbone.items():
+        expected = v.sum(dim=1, keepdim=True) if k == "conv1.weight" else v  # 3-channel stem summed
+        assert torch.equal(state[k], expected), k
+    assert weights.notes == ["3-channel stem summed over its input channels for 1-channel input"]
+
+
+def test_a_wrong_layout_or_backbone_fails_with_the_keys(released, tmp_path):
+    paths, _ = released
+    with pytest.raises(ValueError, match=r"moco.ckpt: cannot initialise the backbone; tried byol .*keys begin with encoder_k., encoder_q., queue"):
+        load_pretrained(_classifier(), paths["moco"], "byol")
+    with pytest.raises(ValueError, match=r"closest: .*unexpected keys .*resnet18/34/50"):
+        load_pretrained(_classifier("resnet18"), paths["spark"])
+    with pytest.raises(ValueError, match="unknown pretrained_format 'simclr'"):
+        load_pretrained(_classifier(), paths["spark"], "simclr")
+    torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: not a state_dict and no known wrapper"):
+        load_pretrained(_classifier(), tmp_path / "other.pt")
+
+
+class _AttributeDict(dict):
+    """Stands for Lightning's hyper-parameter container, which weights_only loading refuses."""
+
+
+def test_lightning_pickles_need_the_trust_switch(released, tmp_path):
+    paths, _ = released
+    content = torch.load(paths["swav"], weights_only=True)
+    content["hyper_parameters"] = _AttributeDict(lr=0.15)
+    torch.save(content, tmp_path / "pickled.ckpt")
+    with pytest.raises(ValueError, match="trust_checkpoint=True"):
+        load_pretrained(_classifier(), tmp_path / "pickled.ckpt")
+    assert load_pretrained(_classifier(), tmp_path / "pickled.ckpt", trust_checkpoint=True).format == "swav"
+
+
+def test_stem_conversion_keeps_the_function_of_a_grey_image():
+    torch.manual_seed(1)
+    one = _classifier("resnet18", in_channels=1).eval()
+    three = _classifier("resnet18", in_channels=3).eval()
+    state = dict(one.state_dict())
+    state["conv1.weight"], note = adapt_stem(state["conv1.weight"], 3)
+    assert "replicated and divided by 3" in note
+    three.load_state_dict(state)
+    x = torch.rand(2, 1, 64, 64)
+    assert torch.allclose(three(x.repeat(1, 3, 1, 1)), one(x), atol=1e-5)
+    with pytest.raises(ValueError, match="cannot convert a 2-channel stem"):
+        adapt_stem(torch.zeros(64, 2, 7, 7), 1)
+
+
+def test_no_checkpoint_means_from_scratch(caplog):
+    net = _classifier("resnet18")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with caplog.at_level("INFO"):
+        assert load_pretrained(net, None) is None
+    assert "trained from scratch" in caplog.text
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_inspect_checkpoint_command(released, tmp_path, capsys):
+    paths, _ = released
+    assert main(["inspect-checkpoint", str(paths["byol"])]) == 0
+    out = capsys.readouterr().out
+    assert "format: byol" in out and "backbone: resnet50 with a 3-channel stem" in out and "matched: 318 of 318" in out
+    torch.save({"state_dict": {"layer9.weight": torch.zeros(1)}}, tmp_path / "junk.ckpt")
+    assert main(["inspect-checkpoint", str(tmp_path / "junk.ckpt")]) == 1
+    assert "cannot initialise a backbone" in capsys.readouterr().err
+
+
+def test_the_projects_own_encoder_and_training_checkpoint_load(tmp_path):
+    from medssl_monai.engines.export import RunInfo, save_encoder
+    from medssl_monai.networks import MoCo
+
+    method = MoCo("resnet18", hidden_dim=16, out_dim=8, queue_size=8)
+    backbone = {k: v for k, v in method.backbone.state_dict().items()}
+    save_encoder(backbone, tmp_path / "encoder.pt")
+    torch.save({"network": method.state_dict(), "info": RunInfo(backbone_prefix="backbone.").state_dict()},
+               tmp_path / "checkpoint_10.pt")
+    for name, fmt in (("encoder.pt", "torchvision"), ("checkpoint_10.pt", "medssl")):
+        net = _classifier("resnet18")
+        assert load_pretrained(net, tmp_path / name).format == fmt
+        assert torch.equal(net.state_dict()["layer4.1.conv2.weight"], backbone["layer4.1.conv2.weight"])
+    with pytest.raises(ValueError, match="cannot initialise the backbone"):
+        read_backbone(tmp_path / "checkpoint_10.pt", _classifier("resnet50"))
