@@ -70,6 +70,19 @@ def _pack_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from medssl_monai.study import Study, StudyError, load_study_config
+
+    config = load_study_config(args.config, args.preset)
+    try:
+        Study(config, args.out).run()
+    except StudyError as err:
+        print(f"error: {err}\n(finished runs are kept; run the same command again to continue)", file=sys.stderr)
+        return 1
+    print(f"study written to {args.out}: results.csv, summary.md, auc_vs_fraction.png, robustness.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl-monai", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .zip")
     p.add_argument("--bundle-root", default=None, help="the bundle folder (default: bundles/NAME)")
     p.set_defaults(func=_pack_bundle)
+
+    p = sub.add_parser("study", help="the label-fraction study: pre-train, fine-tune per fraction and seed, compare")
+    p.add_argument("--config", default=None, help="a study YAML (fields override its preset; see studies/)")
+    p.add_argument("--preset", default=None, choices=("smoke", "demo", "paper"),
+                   help="smoke (tests, < 3 min), demo (embedded data, < 90 min on 2 cores), paper (GPU)")
+    p.add_argument("--out", required=True, help="study folder; the same command continues a stopped study")
+    p.set_defaults(func=_study)
     return parser
 
 

@@ -1,0 +1,140 @@
+"""What a label-fraction study runs: methods, downstream tasks, training fractions, seeds, and the bundle
+overrides of its pre-training and fine-tuning runs. Presets ``smoke``, ``demo`` and ``paper``; a YAML file
+overrides any field of the preset it names (``preset: demo``) or of ``demo``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["METHODS", "PRESETS", "StudyConfig", "load_study_config"]
+
+METHODS = ("scratch", "spark", "moco", "byol", "swav")
+
+_DEMO_TASK = {"dataset_dir": "{demo}/covid_ct", "layout": "class_folders", "encoding": "hu16", "window": "lung",
+              "class_names": ["NonCOVID", "COVID"]}
+
+PRESETS: dict[str, dict] = {
+    # the tests' study: two methods, two fractions, one seed, ResNet18 at 64 px (under 3 minutes on 2 cores)
+    "smoke": {
+        "methods": ["scratch", "spark"], "fractions": [1.0, 0.5], "seeds": [0],
+        "tasks": {"covid": _DEMO_TASK},
+        "pretrain": {"dataset_dir": "{demo}", "overrides": {"max_epochs": 1, "backbone": "resnet18",
+                                                             "image_size": 64, "monitor_interval": 0}},
+        "finetune": {"overrides": {"max_epochs": 2, "freeze_epochs": 1, "backbone": "resnet18", "image_size": 64,
+                                   "batch_size": 16, "n_bootstrap": 100}},
+    },
+    # the embedded demo: all methods, the paper's fractions and 3 seeds, ResNet18 at 96 px (about 90 minutes)
+    "demo": {
+        "methods": list(METHODS), "fractions": [1.0, 0.5, 0.25, 0.1, 0.05], "seeds": [0, 1, 2],
+        "tasks": {"covid": _DEMO_TASK},
+        "pretrain": {"dataset_dir": "{demo}", "overrides": {"max_epochs": 8, "backbone": "resnet18",
+                                                             "image_size": 96, "monitor_interval": 0}},
+        "finetune": {"overrides": {"max_epochs": 10, "freeze_epochs": 3, "backbone": "resnet18", "image_size": 96,
+                                   "batch_size": 32, "n_bootstrap": 200}},
+    },
+    # the reference study's settings, for a GPU with LIDC-IDRI (prepare-dicom output) and its downstream sets
+    "paper": {
+        "methods": list(METHODS), "fractions": [1.0, 0.5, 0.25, 0.1, 0.05], "seeds": [0, 1, 2],
+        "tasks": {
+            "covid": {"dataset_dir": "/data/covid_ct", "layout": "class_folders", "encoding": "uint8",
+                      "window": "minmax", "class_names": ["NonCOVID", "COVID"]},
+            "organs": {"dataset_dir": "/data/organsmnist.npz", "layout": "medmnist", "encoding": "uint8",
+                       "class_names": ["bladder", "femur-left", "femur-right", "heart", "kidney-left",
+                                       "kidney-right", "liver", "lung-left", "lung-right", "pancreas", "spleen"]},
+        },
+        "pretrain": {"dataset_dir": "/data/lidc_nifti", "overrides": {"image_size": 224, "in_channels": 3,
+                                                                       "num_workers": 8, "amp": True}},
+        "finetune": {"overrides": {"max_epochs": 70, "freeze_epochs": 10, "batch_size": 64, "in_channels": 3,
+                                   "num_workers": 8, "amp": True}},
+    },
+}
+
+
+@dataclass
+class StudyConfig:
+    """A study. ``external`` names encoder files (e.g. the authors' releases) fine-tuned like the methods;
+    ``pretrain.overrides`` and ``finetune.overrides`` are bundle ids (``--max_epochs 2`` as ``max_epochs: 2``);
+    per-method ``pretrain.<method>`` dicts add to them."""
+
+    methods: list[str]
+    fractions: list[float]
+    seeds: list[int]
+    tasks: dict[str, dict]
+    pretrain: dict = field(default_factory=dict)
+    finetune: dict = field(default_factory=dict)
+    external: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; expected some of {', '.join(METHODS)} (external encoders "
+                             "go under 'external: {name: path}')")
+        if not self.methods and not self.external:
+            raise ValueError("a study needs at least one method or external encoder")
+        bad = [f for f in self.fractions if not 0 < float(f) <= 1]
+        if bad or not self.fractions:
+            raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if not self.tasks or not self.seeds:
+            raise ValueError("a study needs at least one task and one seed")
+        for name, task in self.tasks.items():
+            if "dataset_dir" not in task or "class_names" not in task:
+                raise ValueError(f"task {name!r} needs dataset_dir and class_names")
+
+    @property
+    def arms(self) -> list[str]:
+        """What is fine-tuned: the methods, then the external encoders."""
+        return list(self.methods) + list(self.external)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _fill(value, demo: str):
+    if isinstance(value, str):
+        return value.replace("{demo}", demo)
+    if isinstance(value, dict):
+        return {k: _fill(v, demo) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, demo) for v in value]
+    return value
+
+
+def load_study_config(path: str | os.PathLike | None = None, preset: str | None = None,
+                      demo_dir: str | None = None) -> StudyConfig:
+    """A preset, overridden by the YAML file at ``path``; ``{demo}`` in paths is the demo data folder."""
+    content = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"study config not found: {path}")
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(content, dict):
+            raise ValueError(f"{path}: expected a mapping of study fields")
+    name = preset or content.pop("preset", None) or "demo"
+    content.pop("preset", None)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    merged = _merge(PRESETS[name], content)
+    unknown = set(merged) - {f for f in StudyConfig.__dataclass_fields__}
+    if unknown:
+        raise ValueError(f"unknown study fields {sorted(unknown)}")
+    if "{demo}" in str(merged):
+        from medssl_monai.bundle import demo_data_dir
+
+        merged = _fill(merged, demo_dir or demo_data_dir())
+    return StudyConfig(**merged)
