@@ -81,3 +81,12 @@ def test_bad_study_configs_fail_clearly(tmp_path):
     (tmp_path / "typo.yaml").write_text("fractoins: [0.5]\n")
     with pytest.raises(ValueError, match=r"unknown study fields \['fractoins'\]"):
         load_study_config(tmp_path / "typo.yaml", demo_dir=str(tmp_path))
+
+
+def test_the_shipped_example_config_is_the_demo_preset(tmp_path):
+    from pathlib import Path
+
+    example = load_study_config(Path(__file__).parents[1] / "studies" / "example.yaml", demo_dir=str(tmp_path))
+    demo = load_study_config(preset="demo", demo_dir=str(tmp_path))
+    assert example == demo and example.tasks["covid"]["dataset_dir"] == f"{tmp_path}/covid_ct"
+    assert len(Study(example, tmp_path / "s").runs()) == 5 * 5 * 3
