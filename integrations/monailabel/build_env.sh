@@ -9,7 +9,7 @@ python3 -m venv "$env_dir"
 "$env_dir/bin/pip" install -r "$here/requirements.txt"
 if [ ! -f "$here/monaibundle/main.py" ]; then
   # the sample apps ship with the monailabel package; this copies the one our app subclasses
-  "$env_dir/bin/monailabel" apps --download --name monaibundle --output "$here/sample-apps"
+  "$env_dir/bin/python" -m monailabel.main apps --download --name monaibundle --output "$here/sample-apps"
   mv "$here/sample-apps/monaibundle" "$here/monaibundle" && rmdir "$here/sample-apps"
 fi
 echo "MONAI Label environment ready: $env_dir"

@@ -9,5 +9,5 @@ bundle="$here/../../bundles/ct_classification"
 [ -f "$bundle/models/model.pt" ] || { echo "error: $bundle/models/model.pt missing: train the bundle first" >&2; exit 2; }
 mkdir -p "$here/model"
 rm -rf "$here/model/ct_classification" && cp -r "$bundle" "$here/model/ct_classification"
-exec "$env_dir/bin/monailabel" start_server --app "$here" --studies "$studies" \
+exec "$env_dir/bin/python" -m monailabel.main start_server --app "$here" --studies "$studies" \
   --conf models ct_classification --conf zoo_source github --conf skip_trainers true

@@ -7,7 +7,6 @@ trained ``model.pt``.
 """
 
 import importlib.util
-import json
 import shutil
 from pathlib import Path
 
@@ -48,5 +47,6 @@ def test_app_classifies_a_png(tmp_path):
                                                                   "zoo_source": "github", "skip_trainers": "true",
                                                                   "preload": "false"})
     result = app.infer(request={"model": "ct_classification", "image": "slice_000"})
-    answer = json.dumps(result, default=str)
-    assert "prediction" in answer and "NonCOVID" in answer and "COVID" in answer
+    prediction = result["params"]["prediction"]  # MONAI Label lower-cases the class names
+    assert [(p["idx"], p["label"]) for p in prediction] == [(0, "noncovid"), (1, "covid")]
+    assert sum(p["score"] for p in prediction) == pytest.approx(1.0, abs=1e-4)
