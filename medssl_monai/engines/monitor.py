@@ -80,7 +80,6 @@ class RepresentationMonitor:
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
         self.collapse = EmbeddingCollapseMetric(reduction="max")
         self.writer = None
-        self.history: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
         if not self.interval or not is_main_process():
@@ -126,6 +125,5 @@ class RepresentationMonitor:
         for name, value in result.items():
             self.writer.add_scalar(name, value, engine.state.iteration)
         self.writer.flush()
-        self.history.append({"epoch": engine.state.epoch, **result})
         logger.info(f"epoch {engine.state.epoch}: k-NN accuracy {result['knn/accuracy']:.3f}, collapse "
                     f"{result.get('collapse/aggregate', float('nan')):.3f}")
