@@ -149,3 +149,11 @@ def test_model_zoo_checks(trained, tmp_path):
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/multi_gpu_train.json",
                  "configs/evaluate.json"):
         assert (BUNDLE / name).is_file()
+
+
+def test_inference_window_presets_match_the_package():
+    """inference.json carries the HU presets as data (it must run without this package): they must not drift."""
+    from medssl_monai.data import HU_WINDOWS
+
+    presets = json.loads((CONFIGS / "inference.json").read_text())["hu_windows"]
+    assert {k: tuple(float(x) for x in v) for k, v in presets.items()} == HU_WINDOWS
