@@ -65,10 +65,24 @@ def test_bundle_trains_resumes_monitors_and_exports(tiny_run):
     wrapper, prefix = RELEASE[method]
     release = torch.load(ckpt / f"encoder_{method}.pth", weights_only=True)
     assert set(release) == {wrapper} and sorted(release[wrapper]) == sorted(prefix + k for k in sd)
-    tags = set()
-    for events in (ckpt / "logs").glob("events.out.tfevents.*"):
-        tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
-    assert {"train/loss", "train/lr", "knn/accuracy", "collapse/aggregate"} <= tags
+    last = {}
+    for events in sorted((ckpt / "logs").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events)).Reload()
+        last.update({tag: accumulator.Scalars(tag)[-1].value for tag in accumulator.Tags()["scalars"]})
+    assert {"train/loss", "train/lr", "knn/accuracy", "knn/accuracy_low", "knn/accuracy_high", "knn/queries",
+            "collapse/effective_rank", "collapse/class_rank_0", "collapse/class_rank_1"} <= set(last)
+    collapse = {t: v for t, v in last.items() if t.startswith("collapse/")}
+    assert max(collapse.values()) < 0.9, collapse  # a run that is learning does not read as collapsed
+
+
+def test_log_file_has_progress_lines_and_ends_with_a_summary(tiny_run):
+    method, ckpt, second = tiny_run  # output captured through a pipe, as a log file or batch scheduler would
+    log = second.stdout + second.stderr
+    assert "\r" not in log and max(len(line) for line in log.splitlines()) <= 500
+    assert "epoch 2/2 iteration 2/4 (50%): loss" in log and "images/s, ETA epoch" in log
+    summary = [line for line in log.splitlines() if "run finished, epoch 2/2" in line]
+    assert len(summary) == 1 and f"encoder {ckpt / 'encoder.pt'}; checkpoints {ckpt}; logs {ckpt / 'logs'}" in summary[0]
+    assert "k-NN " in summary[0] and "(n=" in summary[0] and "mean loss" in summary[0]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -99,7 +99,7 @@ class Study:
             return
         settings = self.config.pretrain
         overrides = {"dataset_dir": settings["dataset_dir"], "ckpt_dir": str(folder / "models"),
-                     "log_dir": str(folder / "logs"), "progress": False, **settings.get("overrides", {}),
+                     "log_dir": str(folder / "logs"), **settings.get("overrides", {}),
                      **settings.get(method, {})}
         logger.info(f"pre-training {method} in {folder}")
         seconds = self._bundle(f"{method}_pretrain", overrides, folder)
