@@ -45,8 +45,10 @@ def _prepare_dicom(args: argparse.Namespace) -> int:
 def _export_encoder(args: argparse.Namespace) -> int:
     from medssl_monai.engines.export import export_encoder
 
-    out = export_encoder(args.checkpoint, args.out, layout=args.layout)
-    print(f"encoder ({args.layout} layout) written to {out}")
+    channels = args.in_channels or (3 if args.layout == "torchvision" else None)  # stock torchvision: 3
+    out = export_encoder(args.checkpoint, args.out, layout=args.layout, in_channels=channels)
+    stem = f"{channels}-channel" if channels else "the trained"
+    print(f"encoder ({args.layout} layout, {stem} stem) written to {out}")
     return 0
 
 
@@ -58,8 +60,16 @@ def _inspect_checkpoint(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"cannot initialise a backbone: {err}", file=sys.stderr)
         return 1
-    print(f"file: {args.checkpoint}\nformat: {weights.format}\nbackbone: {arch} with a {channels}-channel stem\n"
-          f"backbone tensors matched: {len(weights.state)} of {len(weights.state)} (all; fc excluded)")
+    kind = "safetensors" if Path(args.checkpoint).suffix == ".safetensors" else "PyTorch"
+    if weights.format == "torchvision" and channels == 3:
+        use = f"loads as is into a stock torchvision.models.{arch}() (strict=False: only fc missing)"
+    elif channels == 1:
+        use = f"a stock torchvision {arch} needs a 3-channel stem (encoder.pt); ct_classification reads it"
+    else:
+        use = "ct_classification reads it (--pretrained_checkpoint)"
+    print(f"file: {args.checkpoint} ({kind})\nformat: {weights.format}\nbackbone: {arch} with a {channels}-channel "
+          f"stem\nbackbone tensors matched: {len(weights.state)} of {len(weights.state)} (all; fc excluded)\n"
+          f"use: {use}")
     return 0
 
 
@@ -117,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision: plain state_dict; spark, moco, byol, swav: the reference study's release "
                    "layouts ({'module': sd}; {'state_dict': sd} with prefixes encoder_q., online_network.encoder., "
                    "model.)")
+    p.add_argument("--in-channels", type=int, choices=(1, 3), default=None,
+                   help="stem input channels (default: 3 for the torchvision layout, as stock networks have; the "
+                   "trained stem for the release layouts); 1 <-> 3 conversions preserve the function of grey input")
     p.set_defaults(func=_export_encoder)
 
     p = sub.add_parser("inspect-checkpoint", help="say which pre-trained format and backbone a checkpoint holds")

@@ -35,6 +35,49 @@ def _small_resnet18():
     return net
 
 
+def _assert_only_fc_missing(result):
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+
+
+def test_encoder_files_load_into_stock_torchvision_and_monai_networks(tiny_run):
+    """encoder.pt / .safetensors: 3-channel stem from the 1-channel run, the same function of a grey slice as the
+    native encoder_1ch.pt; stock torchvision and MONAI ResNets load them with only fc missing."""
+    import monai
+    from safetensors.torch import load_file
+
+    _, ckpt, _ = tiny_run
+    sd = torch.load(ckpt / "encoder.pt", weights_only=True)
+    native = torch.load(ckpt / "encoder_1ch.pt", weights_only=True)
+    assert sd["conv1.weight"].shape == (64, 3, 7, 7) and native["conv1.weight"].shape == (64, 1, 7, 7)
+    safe = load_file(ckpt / "encoder.safetensors")
+    assert safe.keys() == sd.keys() and all(torch.equal(safe[k], sd[k]) for k in sd)
+    stock, grey = torchvision.models.resnet18(), _small_resnet18()
+    _assert_only_fc_missing(stock.load_state_dict(sd, strict=False))
+    _assert_only_fc_missing(grey.load_state_dict(native, strict=False))
+    stock.fc = grey.fc = torch.nn.Identity()
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = stock.eval()(x.expand(-1, 3, -1, -1))
+        assert torch.allclose(features, grey.eval()(x), atol=1e-5, rtol=1e-4)
+        net = monai.networks.nets.resnet18(spatial_dims=2, n_input_channels=3, conv1_t_stride=2,
+                                           bias_downsample=False, num_classes=2)
+        _assert_only_fc_missing(net.load_state_dict(sd, strict=False))
+        net.fc = torch.nn.Identity()
+        assert torch.allclose(net.eval()(x.expand(-1, 3, -1, -1)), features, atol=1e-5, rtol=1e-4)
+
+
+def test_inspect_checkpoint_names_the_encoder_files(tiny_run, capsys):
+    from medssl_monai.cli import main
+
+    _, ckpt, _ = tiny_run
+    for name, channels, kind in (("encoder.pt", 3, "PyTorch"), ("encoder.safetensors", 3, "safetensors"),
+                                 ("encoder_1ch.pt", 1, "PyTorch")):
+        assert main(["inspect-checkpoint", str(ckpt / name)]) == 0
+        out = capsys.readouterr().out
+        assert f"{name} ({kind})" in out and f"resnet18 with a {channels}-channel stem" in out
+        assert ("loads as is into a stock torchvision.models.resnet18()" in out) == (channels == 3)
+
+
 @pytest.fixture(scope="module", params=METHODS)
 def tiny_run(request, demo_dir, tmp_path_factory):
     method = request.param
@@ -60,8 +103,7 @@ def test_bundle_trains_resumes_monitors_and_exports(tiny_run):
     state = torch.load(ckpt / names[-1], weights_only=True)
     assert state["trainer"]["iteration"] == 8 and state["info"]["method"] == method
     sd = torch.load(ckpt / "encoder.pt", weights_only=True)
-    result = _small_resnet18().load_state_dict(sd, strict=False)
-    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    _assert_only_fc_missing(torchvision.models.resnet18().load_state_dict(sd, strict=False))  # the stock network
     wrapper, prefix = RELEASE[method]
     release = torch.load(ckpt / f"encoder_{method}.pth", weights_only=True)
     assert set(release) == {wrapper} and sorted(release[wrapper]) == sorted(prefix + k for k in sd)
@@ -134,5 +176,5 @@ def test_two_process_ddp_run_with_gloo(method, demo_dir, tmp_path):
     assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped: loads without DDP
     if method == "moco":  # keys of both ranks enqueued: 2 iterations x 2 ranks x 4 keys into a queue of 12
         assert int(state["network"]["queue_ptr"]) == 16 % 12
-    result = _small_resnet18().load_state_dict(torch.load(ckpt / "encoder.pt", weights_only=True), strict=False)
-    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    _assert_only_fc_missing(torchvision.models.resnet18().load_state_dict(
+        torch.load(ckpt / "encoder.pt", weights_only=True), strict=False))

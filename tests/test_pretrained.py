@@ -6,7 +6,8 @@ import torchvision
 from monai.networks.nets import ResNet
 
 from medssl_monai.cli import main
-from medssl_monai.networks.pretrained import adapt_stem, load_pretrained, read_backbone
+from medssl_monai.networks.backbones import adapt_stem
+from medssl_monai.networks.pretrained import load_pretrained, read_backbone
 
 
 def _classifier(backbone="resnet50", in_channels=1, num_classes=2):
@@ -130,12 +131,18 @@ def test_the_projects_own_encoder_and_training_checkpoint_load(tmp_path):
 
     method = MoCo("resnet18", hidden_dim=16, out_dim=8, queue_size=8)
     backbone = {k: v for k, v in method.backbone.state_dict().items()}
-    save_encoder(backbone, tmp_path / "encoder.pt")
+    for name, channels in (("encoder.pt", 3), ("encoder.safetensors", 3), ("encoder_1ch.pt", 1)):
+        save_encoder(backbone, tmp_path / name, in_channels=channels)
     torch.save({"network": method.state_dict(), "info": RunInfo(backbone_prefix="backbone.").state_dict()},
                tmp_path / "checkpoint_10.pt")
-    for name, fmt in (("encoder.pt", "torchvision"), ("checkpoint_10.pt", "medssl")):
-        net = _classifier("resnet18")
+    for name, fmt in (("encoder.pt", "torchvision"), ("encoder.safetensors", "torchvision"),
+                      ("encoder_1ch.pt", "torchvision"), ("checkpoint_10.pt", "medssl")):
+        net = _classifier("resnet18")  # 1 channel: the 3-channel files' stems are summed back, exactly
         assert load_pretrained(net, tmp_path / name).format == fmt
         assert torch.equal(net.state_dict()["layer4.1.conv2.weight"], backbone["layer4.1.conv2.weight"])
+        assert torch.allclose(net.state_dict()["conv1.weight"], backbone["conv1.weight"], atol=1e-6)
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 12)
+    with pytest.raises(ValueError, match="broken.safetensors: not a readable safetensors file"):
+        read_backbone(tmp_path / "broken.safetensors", _classifier("resnet18"))
     with pytest.raises(ValueError, match="cannot initialise the backbone"):
         read_backbone(tmp_path / "checkpoint_10.pt", _classifier("resnet50"))

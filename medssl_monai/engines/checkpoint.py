@@ -31,10 +31,18 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False, map_location: str = "cpu") -> dict:
-    """Load a checkpoint file; arbitrary pickles only with ``trust_checkpoint=True``."""
+    """Load a checkpoint file; arbitrary pickles only with ``trust_checkpoint=True``. A ``.safetensors`` file
+    (tensors only, nothing to unpickle) is read with safetensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device=map_location)
+        except Exception as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust_checkpoint)
     except Exception as err:

@@ -1,7 +1,10 @@
 """Encoder export: the pre-trained backbone as a plain torchvision state_dict, or in a method's release layout.
 
 ``torchvision``: ``{name: tensor}`` that ``torchvision.models.resnet50().load_state_dict(sd, strict=False)``
-accepts with only ``fc.weight`` and ``fc.bias`` missing. The release layouts of the reference study's
+accepts with only ``fc.weight`` and ``fc.bias`` missing, with a stock 3-channel stem whatever ``in_channels``
+the run used: a 1-channel stem becomes three copies of the grey filter / 3, so a grey slice copied to 3
+channels gives the same features. The end of a run writes it as ``encoder.pt`` and ``encoder.safetensors``
+(the format model hubs expect), and the native 1-channel stem as ``encoder_1ch.pt``. The release layouts of the reference study's
 checkpoints, for the authors' downstream code and other tools that read them: ``spark``
 ``{"module": state_dict}``; ``moco``, ``byol`` and ``swav`` ``{"state_dict": {prefix + name: tensor}}`` with the
 prefixes ``encoder_q.``, ``online_network.encoder.`` and ``model.`` of their Lightning checkpoints.
@@ -18,12 +21,16 @@ from torch import nn
 
 from medssl_monai.engines.checkpoint import load_checkpoint
 from medssl_monai.engines.trainer import is_main_process
+from medssl_monai.networks.backbones import adapt_stem
 from medssl_monai.utils import atomic_path
 
-__all__ = ["LAYOUTS", "backbone_state_dict", "save_encoder", "export_encoder", "EncoderExporter", "RunInfo"]
+__all__ = ["LAYOUTS", "ENCODER_FILES", "backbone_state_dict", "save_encoder", "export_encoder", "EncoderExporter",
+           "RunInfo"]
 
 RELEASE_PREFIXES = {"moco": "encoder_q.", "byol": "online_network.encoder.", "swav": "model."}
 LAYOUTS = ("torchvision", "spark", *RELEASE_PREFIXES)
+# the stock-network files of a run: name -> stem input channels
+ENCODER_FILES = {"encoder.pt": 3, "encoder.safetensors": 3, "encoder_1ch.pt": 1}
 
 
 class RunInfo:
@@ -48,10 +55,26 @@ def backbone_state_dict(network_state: dict, prefix: str) -> dict[str, torch.Ten
     return {k: v for k, v in sd.items() if not k.startswith("fc.")}
 
 
-def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout: str = "torchvision") -> Path:
-    """Write a backbone state_dict in ``layout``, atomically."""
+def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout: str = "torchvision",
+                 in_channels: int | None = None) -> Path:
+    """Write a backbone state_dict in ``layout``, atomically.
+
+    ``in_channels`` converts the stem (see :func:`~medssl_monai.networks.backbones.adapt_stem`); ``None`` keeps
+    it. A ``.safetensors`` file name writes safetensors (torchvision layout only), anything else ``torch.save``.
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if in_channels is not None:
+        state = {**state, "conv1.weight": adapt_stem(state["conv1.weight"], in_channels)[0]}
+    if Path(out).suffix == ".safetensors":
+        if layout != "torchvision":
+            raise ValueError(f"{out}: safetensors holds a flat state_dict, the torchvision layout, not {layout!r}")
+        from safetensors.torch import save_file
+
+        with atomic_path(out) as tmp:
+            save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp),
+                      metadata={"format": "pt"})
+        return Path(out)
     if layout == "torchvision":
         payload = state
     elif layout == "spark":
@@ -63,21 +86,26 @@ def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout:
     return Path(out)
 
 
-def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, layout: str = "torchvision") -> Path:
-    """Export the backbone of a saved training checkpoint (``checkpoint_<iteration>.pt``)."""
+def export_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike, layout: str = "torchvision",
+                   in_channels: int | None = None) -> Path:
+    """Export the backbone of a saved training checkpoint (``checkpoint_<iteration>.pt``); ``in_channels`` as
+    in :func:`save_encoder`."""
     ckpt = load_checkpoint(checkpoint)
     if "network" not in ckpt or "info" not in ckpt:
         raise ValueError(f"{checkpoint}: not a medssl-monai training checkpoint (needs 'network' and 'info', "
                          f"has {', '.join(map(str, ckpt)) or 'nothing'})")
-    return save_encoder(backbone_state_dict(ckpt["network"], ckpt["info"]["backbone_prefix"]), out, layout)
+    state = backbone_state_dict(ckpt["network"], ckpt["info"]["backbone_prefix"])
+    return save_encoder(state, out, layout, in_channels)
 
 
 class EncoderExporter:
-    """At the end of training, write ``encoder.pt`` (torchvision layout) and the release layout beside it.
+    """At the end of training, write the stock-network files (:data:`ENCODER_FILES`: ``encoder.pt`` and
+    ``encoder.safetensors`` with a 3-channel stem, ``encoder_1ch.pt``) and the release layouts beside them
+    (``encoder_<layout>.pth``, with the stem the run trained).
 
     Args:
         network: the method (its backbone lives under ``prefix``).
-        out_dir: folder of ``encoder.pt`` and ``encoder_<layout>.pth``.
+        out_dir: folder of the encoder files.
         prefix: the backbone's prefix in ``network.state_dict()``.
         layouts: release layouts written besides ``encoder.pt``.
     """
@@ -92,6 +120,7 @@ class EncoderExporter:
         if not is_main_process():
             return
         state = backbone_state_dict(self.network.state_dict(), self.prefix)
-        save_encoder(state, self.out_dir / "encoder.pt")
+        for name, channels in ENCODER_FILES.items():
+            save_encoder(state, self.out_dir / name, in_channels=channels)
         for layout in self.layouts:
             save_encoder(state, self.out_dir / f"encoder_{layout}.pth", layout)

@@ -7,10 +7,11 @@ The modules keep torchvision's names, so a backbone's state_dict (less ``fc``) l
 
 from __future__ import annotations
 
+import torch
 import torchvision
 from torch import nn
 
-__all__ = ["BACKBONES", "resnet"]
+__all__ = ["BACKBONES", "adapt_stem", "resnet"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 
@@ -31,3 +32,14 @@ def resnet(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
     net.fc = nn.Identity()
     return net
 
+
+def adapt_stem(weight: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str | None]:
+    """conv1 weight (64, c, 7, 7) for ``in_channels`` inputs, and a note when it was converted."""
+    c = weight.shape[1]
+    if c == in_channels:
+        return weight, None
+    if c == 3 and in_channels == 1:
+        return weight.sum(dim=1, keepdim=True), "3-channel stem summed over its input channels for 1-channel input"
+    if c == 1 and in_channels == 3:
+        return weight.repeat(1, 3, 1, 1) / 3, "1-channel stem replicated and divided by 3 for 3-channel input"
+    raise ValueError(f"cannot convert a {c}-channel stem to {in_channels} channels")

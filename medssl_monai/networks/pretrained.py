@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from medssl_monai.engines.checkpoint import load_checkpoint
-from medssl_monai.networks.backbones import BACKBONES, resnet
+from medssl_monai.networks.backbones import BACKBONES, adapt_stem, resnet
 
-__all__ = ["FORMATS", "BackboneWeights", "read_backbone", "load_pretrained", "adapt_stem", "detect_backbone"]
+__all__ = ["FORMATS", "BackboneWeights", "read_backbone", "load_pretrained", "detect_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,18 +126,6 @@ def read_backbone(path: str | os.PathLike, target: nn.Module, fmt: str = "auto",
                   f"{len(unexpected)} unexpected keys {unexpected[:6]}, wrong shapes {shapes[:6]}")
     raise ValueError(f"{path}: cannot initialise the backbone; tried {', '.join(tried)}; {detail}. Check the "
                      "backbone id (resnet18/34/50) and pretrained_format")
-
-
-def adapt_stem(weight: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str | None]:
-    """conv1 weight (64, c, 7, 7) for ``in_channels`` inputs, and a note when it was converted."""
-    c = weight.shape[1]
-    if c == in_channels:
-        return weight, None
-    if c == 3 and in_channels == 1:
-        return weight.sum(dim=1, keepdim=True), "3-channel stem summed over its input channels for 1-channel input"
-    if c == 1 and in_channels == 3:
-        return weight.repeat(1, 3, 1, 1) / 3, "1-channel stem replicated and divided by 3 for 3-channel input"
-    raise ValueError(f"cannot convert a {c}-channel stem to {in_channels} channels")
 
 
 def load_pretrained(network: nn.Module, path: str | os.PathLike | None, fmt: str = "auto",
