@@ -18,3 +18,31 @@ def demo_dir(tmp_path_factory):
         tmp_path_factory.mktemp("demo"), seed=7, patients=3, size=64, slices=8, covid_images=40, organ_patches=220,
         workers=2,
     )
+
+
+def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0) -> str:
+    """Start ``cmd`` and SIGKILL it as soon as its first ``checkpoint_*.pt`` appears in ``ckpt_dir``, as a job
+    killed by a scheduler would be; returns its output. Fails if the run ended before it could be killed."""
+    import os
+    import signal
+    import subprocess
+    import tempfile
+    import time
+    from pathlib import Path
+
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.monotonic() + timeout
+        while not list(Path(ckpt_dir).glob("checkpoint_*.pt")):
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"the run ended (exit {proc.returncode}) before its first checkpoint:\n"
+                                     + log.read()[-3000:])
+            assert time.monotonic() < deadline, "no checkpoint before the timeout"
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.seek(0)
+        return log.read()

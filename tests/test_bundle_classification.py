@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_killed
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "ct_classification"
 CONFIGS = BUNDLE / "configs"
@@ -36,11 +38,11 @@ def trained(demo_dir, tmp_path_factory):
             "--ckpt_dir", str(out / "models"), "--log_dir", str(out / "logs"), "--output_dir", str(out / "eval"),
             *SMALL, "--batch_size", "8", "--freeze_epochs", "1", "--num_workers", "0", "--n_bootstrap", "50",
             "--pretrained_checkpoint", str(out / "encoder.pt")]
-    first = _run(*args, "--max_epochs", "1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = _run(*args, "--max_epochs", "2")  # resumes after epoch 1, now with the backbone trained
+    args += ["--max_epochs", "2"]
+    first = run_killed([sys.executable, "-m", "monai.bundle", *args], out / "models", cwd=ROOT)  # after epoch 1
+    second = _run(*args)  # resumes after epoch 1, now with the backbone trained
     assert second.returncode == 0, second.stderr[-3000:]
-    return out, args, first.stderr + first.stdout, second.stderr + second.stdout
+    return out, args, first, second.stderr + second.stdout
 
 
 def test_training_from_an_encoder_resumes_and_reports(trained):
@@ -54,6 +56,49 @@ def test_training_from_an_encoder_resumes_and_reports(trained):
     assert (out / "eval" / "confusion_matrix.png").stat().st_size > 0 and (out / "eval" / "roc_curve.png").is_file()
     state = torch.load(out / "models" / "model.pt", weights_only=True)  # a plain state_dict
     assert "fc.weight" in state and state["fc.weight"].shape == (2, 512)
+
+
+def test_checkpoint_is_written_after_validation_with_the_best_score(trained):
+    """Killed right after epoch 1's validation: the checkpoint the run resumed from holds that epoch's best."""
+    out, _, first, _ = trained
+    logged = float(first.split("new best val_auc ")[1].split(":")[0])
+    epoch1 = min((p for p in (out / "models").glob("checkpoint_*.pt")), key=lambda p: int(p.stem.split("_")[1]))
+    state = torch.load(epoch1, weights_only=True)
+    trainer = state["trainer"]
+    assert trainer["iteration"] == trainer["epoch_length"] and state["best"] == {"best": pytest.approx(logged, abs=1e-4), "best_epoch": 1}
+
+
+def test_a_different_run_in_the_same_folder_is_refused(trained, tmp_path):
+    from medssl_monai.engines.export import save_encoder
+    from medssl_monai.networks import resnet
+
+    out, args, _, _ = trained
+    model = (out / "models" / "model.pt").read_bytes()
+    result = _run(*args, "--label_fraction", "0.5")
+    log = result.stdout + result.stderr
+    assert result.returncode != 0 and "belongs to a different run: label_fraction: recorded 1.0, this run 0.5" in log
+    assert "another --ckpt_dir" in log and "--resume false" in log
+    torch.manual_seed(1)
+    save_encoder(resnet("resnet18", 1).state_dict(), tmp_path / "encoder.pt")
+    result = _run(*args, "--pretrained_checkpoint", str(tmp_path / "encoder.pt"))
+    log = result.stdout + result.stderr
+    assert result.returncode != 0 and "pretrained_checkpoint: recorded" in log and "pretrained_sha256: recorded" in log
+    assert (out / "models" / "model.pt").read_bytes() == model  # nothing of the other run was touched
+
+
+def test_a_finished_run_says_so_and_resume_false_starts_over(trained, tmp_path):
+    import shutil
+
+    out, args, _, _ = trained
+    result = _run(*args)
+    assert result.returncode == 0 and "this run is already finished" in result.stdout + result.stderr
+    models = tmp_path / "models"
+    shutil.copytree(out / "models", models)
+    again = [a if a != str(out / "models") else str(models) for a in args]
+    result = _run(*again, "--resume", "false", "--max_epochs", "1", "--output_dir", str(tmp_path / "eval"))
+    assert result.returncode == 0 and "starting over; removed 2 old checkpoint(s)" in result.stdout + result.stderr
+    (left,) = models.glob("checkpoint_*.pt")
+    assert torch.load(left, weights_only=True)["identity"]["max_epochs"] == 1
 
 
 def test_evaluate_config_rewrites_the_report(trained):

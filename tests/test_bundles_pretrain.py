@@ -10,6 +10,8 @@ import pytest
 import torch
 import torchvision
 
+from conftest import run_killed
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("spark", "moco", "byol", "swav")
 # small settings: ResNet18, 64 px (SwAV's local crops 32 px), batch 4
@@ -86,9 +88,9 @@ def tiny_run(request, demo_dir, tmp_path_factory):
             "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64",
             "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "3", "--image_log_interval", "2",
             *OVERRIDES.get(method, [])]
-    first = _run(*args, "--max_epochs", "1", cwd=tmp_path_factory.mktemp("cwd"))
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = _run(*args, "--max_epochs", "2", cwd=tmp_path_factory.mktemp("cwd"))  # resumes from epoch 1
+    args += ["--max_epochs", "2"]
+    run_killed([sys.executable, "-m", "monai.bundle", *args], ckpt, cwd=tmp_path_factory.mktemp("cwd"))  # at 3
+    second = _run(*args, cwd=tmp_path_factory.mktemp("cwd"))  # the same command continues the killed run
     assert second.returncode == 0, second.stderr[-3000:]
     return method, ckpt, second
 
@@ -115,6 +117,23 @@ def test_bundle_trains_resumes_monitors_and_exports(tiny_run):
             "collapse/effective_rank", "collapse/class_rank_0", "collapse/class_rank_1"} <= set(last)
     collapse = {t: v for t, v in last.items() if t.startswith("collapse/")}
     assert max(collapse.values()) < 0.9, collapse  # a run that is learning does not read as collapsed
+
+
+@pytest.mark.parametrize("tiny_run", ["spark"], indirect=True)  # one method: the check is the shared trainer's
+def test_a_run_with_other_settings_is_refused_and_the_same_one_is_finished(tiny_run, demo_dir, tmp_path):
+    method, ckpt, _ = tiny_run
+    args = ["run", "--config_file", str(_bundle(method) / "configs" / "train.json"), "--dataset_dir", str(demo_dir),
+            "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64",
+            "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "3", "--image_log_interval", "2",
+            "--max_epochs", "2"]
+    before = {p.name: p.read_bytes() for p in ckpt.glob("*.pt")}
+    other = _run(*args, "--mask_ratio", "0.75", "--base_lr", "0.01", cwd=tmp_path)
+    log = other.stdout + other.stderr
+    assert other.returncode != 0
+    assert "belongs to a different run: base_lr: recorded 0.03, this run 0.01; mask_ratio: recorded 0.6, this run 0.75" in log
+    assert {p.name: p.read_bytes() for p in ckpt.glob("*.pt")} == before
+    same = _run(*args, cwd=tmp_path)
+    assert same.returncode == 0 and "this run is already finished" in same.stdout + same.stderr
 
 
 def test_log_file_has_progress_lines_and_ends_with_a_summary(tiny_run):

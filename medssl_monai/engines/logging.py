@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
 from medssl_monai.engines.trainer import is_main_process
+from medssl_monai.utils import as_bool
 
 __all__ = ["TrainingLogger", "format_duration"]
 
@@ -60,7 +61,7 @@ class TrainingLogger:
                  progress: bool = True, outputs: Mapping[str, str] | None = None, line_percent: float = 10.0,
                  line_seconds: float = 60.0) -> None:
         self.log_dir, self.optimizer = str(log_dir), optimizer
-        self.image_interval, self.progress = image_interval, progress
+        self.image_interval, self.progress = image_interval, as_bool(progress, "progress")
         self.outputs = dict(outputs or {})
         self.line_percent, self.line_seconds = line_percent, line_seconds
         self.writer = None

@@ -1,0 +1,112 @@
+"""Run identity: what a run is, recorded in every checkpoint, so that no run continues a different one.
+
+A bundle lists the resolved ids that change its result (data, method, network, schedule, label fraction,
+seed, the pre-trained weights by content hash) in a :class:`RunIdentity`. The checkpoint writer saves it beside
+the states, and :class:`~medssl_monai.engines.checkpoint.ResumeFromCheckpoint` compares it with the new run's
+before loading anything: a difference is refused with :class:`RunMismatchError`, which names each differing id
+with both values. Files are identified by their SHA-256, folders by their path and the list of samples they
+yield (pixel content is not hashed: that would read a whole archive at every start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["RunIdentity", "RunMismatchError", "file_sha256", "fingerprint", "identity_differences"]
+
+
+class RunMismatchError(ValueError):
+    """A checkpoint or finished output belongs to a run with other settings."""
+
+
+def file_sha256(path: str | os.PathLike | None) -> str | None:
+    """SHA-256 of a file's bytes, or ``None`` for no file (``None``, ``""``, ``"none"``)."""
+    if path is None or str(path) in ("", "None", "none"):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    """SHA-256 of ``obj`` as canonical JSON (a datalist, a list of samples); non-JSON values by ``str``."""
+    if hasattr(obj, "data") and not isinstance(obj, (list, dict)):  # a MONAI dataset: its list of samples
+        obj = obj.data
+    text = json.dumps(obj, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _json_default(value: Any) -> str:
+    """Arrays (MedMNIST images held in memory) by the hash of their bytes and shape, the rest by ``str``."""
+    if hasattr(value, "shape") and hasattr(value, "tobytes") or torch.is_tensor(value):
+        array = np.ascontiguousarray(value.cpu().numpy() if torch.is_tensor(value) else value)
+        return f"{array.dtype}{array.shape}:{hashlib.sha256(array.tobytes()).hexdigest()}"
+    return str(value)
+
+
+def _canonical(value: Any) -> Any:
+    """A value as the checkpoint stores it: numbers, strings, booleans, None and lists of them."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return str(Path(value).resolve())
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return str(value)
+
+
+def identity_differences(recorded: Mapping, current: Mapping) -> list[str]:
+    """``"id: recorded X, this run Y"`` for every id whose values differ (or that only one side has)."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        a, b = recorded.get(key, "<not recorded>"), current.get(key, "<not recorded>")
+        if a != b:
+            out.append(f"{key}: recorded {a!r}, this run {b!r}")
+    return out
+
+
+class RunIdentity:
+    """The ids that define a run, as a checkpointable object (``state_dict`` is a plain dict).
+
+    Args:
+        ids: id -> resolved value; paths are made absolute, other objects are stored by ``str``.
+    """
+
+    def __init__(self, **ids: Any) -> None:
+        self.ids = {k: _canonical(v) for k, v in ids.items()}
+        for k, v in ids.items():  # a relative path string: compare it as the absolute path it names
+            if isinstance(v, str) and k.endswith(("_dir", "_path", "datalist")) and v and os.path.exists(v):
+                self.ids[k] = str(Path(v).resolve())
+
+    def state_dict(self) -> dict:
+        return dict(self.ids)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Loading checks, never overwrites: the new run's identity is the one that counts."""
+        self.check(state, "the checkpoint")
+
+    def check(self, recorded: Mapping | None, what: str) -> None:
+        """Raise :class:`RunMismatchError` when ``recorded`` (from ``what``) is not this identity."""
+        if recorded is None:
+            raise RunMismatchError(f"{what} records no run identity (written by an older version or another tool), "
+                                   "so it may belong to another run. " + HOW_TO_GO_ON)
+        differences = identity_differences(recorded, self.ids)
+        if differences:
+            raise RunMismatchError(f"{what} belongs to a different run: " + "; ".join(differences) + ". "
+                                   + HOW_TO_GO_ON)
+
+
+HOW_TO_GO_ON = ("To keep it, give this run another --ckpt_dir; to start over in this folder, pass --resume false "
+                "(its checkpoints are then replaced).")
