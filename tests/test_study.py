@@ -69,7 +69,22 @@ def test_a_stopped_study_continues_without_redoing_finished_runs(study):
     assert len(rows) == 4 and (stopped / "done.json").is_file()
     assert (finished / "run.log").read_text() == log_before and (finished / "done.json").stat().st_mtime_ns == done_before
     assert (out / "pretrain" / "spark" / "run.log").read_text() == pretrain_before  # pre-trained once
-    assert "resumed from" in (stopped / "run.log").read_text()  # the bundle continued from its checkpoint
+    # the bundle found its own last checkpoint (the run had ended before done.json) and did not train again
+    assert "this run is already finished" in (stopped / "run.log").read_text()
+
+
+def test_finished_runs_with_other_settings_are_refused_not_reused(study):
+    import dataclasses
+
+    from medssl_monai.study import StudyError
+
+    out, config, _ = study
+    changed = dataclasses.replace(config, finetune={"overrides": {**config.finetune["overrides"], "lr": 0.001}})
+    with pytest.raises(StudyError, match=r"fraction_1/seed_0 was finished with other settings: lr: recorded "
+                                         r"'<not recorded>', this run 0.001\. Give the study another --out"):
+        Study(changed, out).run(progress=False)
+    done = json.loads((out / "runs" / "spark" / "covid" / "fraction_1" / "seed_0" / "done.json").read_text())
+    assert done["identity"]["pretrained_sha256"] and done["identity"]["label_fraction"] == 1.0
 
 
 def test_bad_study_configs_fail_clearly(tmp_path):

@@ -3,6 +3,8 @@ fraction, seed), each run in its own folder with its overrides, log and metrics.
 
 Resumable: a run's ``done.json`` is written only after the bundle succeeded, so a killed study started again
 skips every finished run, and the interrupted one continues from its own last checkpoint (the bundles resume).
+``done.json`` records the run's identity (its bundle, overrides and the pre-trained encoder's SHA-256): a
+finished run whose identity differs from what the study now asks for is refused, never reused.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medssl_monai.bundle import bundle_root
+from medssl_monai.engines.identity import file_sha256, identity_differences
 from medssl_monai.study.config import StudyConfig
 from medssl_monai.study.report import RESULT_FIELDS, write_report
 from medssl_monai.utils import write_json
@@ -93,27 +96,52 @@ class Study:
             return str(self.config.external[arm])
         return str(self.out / "pretrain" / arm / "models" / "encoder.pt")
 
+    @staticmethod
+    def _identity(bundle: str, overrides: dict) -> dict:
+        """What defines a bundle run of the study: the bundle, its overrides and the starting weights' hash."""
+        identity = json.loads(json.dumps({"bundle": bundle, **overrides}))  # as done.json stores it
+        if overrides.get("pretrained_checkpoint", "none") != "none":
+            identity["pretrained_sha256"] = file_sha256(overrides["pretrained_checkpoint"])
+        return identity
+
+    @staticmethod
+    def _finished(folder: Path, identity: dict) -> dict | None:
+        """The ``done.json`` of a run finished with ``identity``; None when not finished; a StudyError when it
+        was finished with other settings."""
+        if not (folder / DONE).is_file():
+            return None
+        done = json.loads((folder / DONE).read_text())
+        differences = identity_differences(done.get("identity", {}), identity)
+        if differences:
+            raise StudyError(f"{folder} was finished with other settings: {'; '.join(differences)}. Give the study "
+                             f"another --out, or delete {folder} to run it again with the current settings")
+        return done
+
     def pretrain(self, method: str) -> None:
         folder = self.out / "pretrain" / method
-        if (folder / DONE).is_file():
-            return
         settings = self.config.pretrain
         overrides = {"dataset_dir": settings["dataset_dir"], "ckpt_dir": str(folder / "models"),
                      "log_dir": str(folder / "logs"), **settings.get("overrides", {}),
                      **settings.get(method, {})}
+        identity = self._identity(f"{method}_pretrain", overrides)
+        if self._finished(folder, identity) is not None:
+            return
         logger.info(f"pre-training {method} in {folder}")
         seconds = self._bundle(f"{method}_pretrain", overrides, folder)
-        write_json(folder / DONE, {"method": method, "seconds": round(seconds, 1), "encoder": self.encoder(method)})
+        write_json(folder / DONE, {"method": method, "seconds": round(seconds, 1), "encoder": self.encoder(method),
+                                   "identity": identity})
 
     def finetune(self, run: Run) -> dict:
         folder = self.out / run.folder
-        if (folder / DONE).is_file():
-            return json.loads((folder / DONE).read_text())
         task = self.config.tasks[run.task]
         overrides = {**{k: v for k, v in task.items()}, "ckpt_dir": str(folder / "models"),
                      "log_dir": str(folder / "logs"), "output_dir": str(folder / "eval"),
                      "label_fraction": run.fraction, "seed": run.seed, "pretrained_checkpoint": self.encoder(run.arm) or "none",  # a CLI None would mean "default"
                      **self.config.finetune.get("overrides", {})}
+        identity = self._identity("ct_classification", overrides)
+        done = self._finished(folder, identity)
+        if done is not None:
+            return {k: v for k, v in done.items() if k != "identity"}
         seconds = self._bundle("ct_classification", overrides, folder)
         metrics = json.loads((folder / "eval" / "metrics.json").read_text())
         row = {"task": run.task, "method": run.arm, "fraction": run.fraction, "seed": run.seed,
@@ -122,7 +150,7 @@ class Study:
             row[name] = metrics[name]["value"]
             row[f"{name}_low"], row[f"{name}_high"] = metrics[name]["ci_low"], metrics[name]["ci_high"]
         row["n_test"] = metrics["n"]
-        write_json(folder / DONE, {k: row[k] for k in RESULT_FIELDS})
+        write_json(folder / DONE, {**{k: row[k] for k in RESULT_FIELDS}, "identity": identity})
         return row
 
     def run(self, progress: bool = True) -> list[dict]:
