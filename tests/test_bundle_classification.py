@@ -130,16 +130,8 @@ def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp
         archive.extractall(tmp_path / "unzipped")
     unpacked = tmp_path / "unzipped" / "ct_classification"
     image = sorted((demo_dir / "covid_ct" / "Images-processed" / "CT_COVID").glob("*.png"))[0]
-    result = _run("run", "--config_file", str(unpacked / "configs" / "inference.json"), "--bundle_root", str(unpacked),
-                  "--input_image", str(image), *SMALL, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "class probabilities: {'NonCOVID':" in result.stdout
-    with open(unpacked / "eval" / "predictions.csv") as f:
-        row = next(csv.reader(f))
-    probs = [float(v) for v in row[1:]]
-    assert row[0] == str(image) and sum(probs) == pytest.approx(1.0, abs=1e-5)
-
-    # the MONAI-only inference pipeline gives what the training pipeline's network gives for the same file
+    # the MONAI-only inference pipeline gives what the training pipeline's network gives for the same file,
+    # with a HU window preset and with the reference study's per-image min-max scaling
     from monai.networks.nets import ResNet
     from monai.transforms import Resized
 
@@ -148,15 +140,23 @@ def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp
     net = ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=2, n_input_channels=1, num_classes=2,
                  conv1_t_stride=2, bias_downsample=False).eval()
     net.load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
-    data = downstream_dataset("class_folders", demo_dir / "covid_ct", "test", window="lung",
-                              transform=Resized("image", spatial_size=(64, 64)))
-    data = data if any(d["image"] == str(image) for d in data.data) else \
-        downstream_dataset("class_folders", demo_dir / "covid_ct", "train", window="lung",
-                           transform=Resized("image", spatial_size=(64, 64)))
-    index = [d["image"] for d in data.data].index(str(image))
-    with torch.no_grad():
-        expected = torch.softmax(net(data[index]["image"][None]), dim=1)[0]
-    assert probs == pytest.approx(expected.tolist(), abs=1e-4)
+    for window in ("lung", "minmax"):
+        result = _run("run", "--config_file", str(unpacked / "configs" / "inference.json"), "--bundle_root",
+                      str(unpacked), "--input_image", str(image), "--window", window, *SMALL, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "class probabilities: {'NonCOVID':" in result.stdout
+        with open(unpacked / "eval" / "predictions.csv") as f:
+            row = next(csv.reader(f))
+        probs = [float(v) for v in row[1:]]
+        assert row[0] == str(image) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+        split = next(s for s in ("train", "val", "test") if str(image) in
+                     [d["image"] for d in downstream_dataset("class_folders", demo_dir / "covid_ct", s).data])
+        data = downstream_dataset("class_folders", demo_dir / "covid_ct", split, window=window,
+                                  transform=Resized("image", spatial_size=(64, 64)))
+        index = [d["image"] for d in data.data].index(str(image))
+        with torch.no_grad():
+            expected = torch.softmax(net(data[index]["image"][None]), dim=1)[0]
+        assert probs == pytest.approx(expected.tolist(), abs=1e-4), window
 
 
 @pytest.mark.parametrize("workflow,config", [("train", "train.json"), ("infer", "inference.json")])
@@ -202,3 +202,25 @@ def test_inference_window_presets_match_the_package():
 
     presets = json.loads((CONFIGS / "inference.json").read_text())["hu_windows"]
     assert {k: tuple(float(x) for x in v) for k, v in presets.items()} == HU_WINDOWS
+
+
+def test_two_process_fine_tuning_with_a_frozen_first_epoch(trained, demo_dir, tmp_path):
+    """DDP with gloo on CPU: the backbone freezes after DDP has wrapped the network, stays exactly the encoder's
+    through epoch 1 (BN statistics included) and trains in epoch 2."""
+    out, _, _, _ = trained
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+           "--config_file", configs, "--dataset_dir", str(demo_dir / "covid_ct"), "--ckpt_dir", str(tmp_path / "models"),
+           "--log_dir", str(tmp_path / "logs"), "--output_dir", str(tmp_path / "eval"), *SMALL, "--batch_size", "4",
+           "--max_epochs", "2", "--freeze_epochs", "1", "--num_workers", "0", "--n_bootstrap", "20",
+           "--pretrained_checkpoint", str(out / "encoder.pt")]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    encoder = torch.load(out / "encoder.pt", weights_only=True)
+    first, second = sorted((tmp_path / "models").glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    frozen = torch.load(first, weights_only=True)["network"]
+    trained_2 = torch.load(second, weights_only=True)["network"]
+    assert all(torch.equal(frozen[k], v) for k, v in encoder.items() if not k.endswith("num_batches_tracked"))
+    assert not torch.equal(trained_2["layer1.0.conv1.weight"], encoder["layer1.0.conv1.weight"])
+    assert (tmp_path / "eval" / "metrics.json").is_file()

@@ -112,6 +112,12 @@ def test_table_loaders_csv_and_json(demo_dir, tmp_path):
     (tmp_path / "bad.csv").write_text("path,y\na,1\n")
     with pytest.raises(ValueError, match="needs the columns image and label"):
         table_datalist(tmp_path / "bad.csv", "train")
+    (tmp_path / "nosplit.csv").write_text("image,label\n" + "".join(f"{f['image']},{f['label']}\n" for f in files))
+    with pytest.raises(ValueError, match=r"nosplit.csv: a CSV datalist needs a split column .* the val split"):
+        table_datalist(tmp_path / "nosplit.csv", "val")
+    (tmp_path / "nosplit.json").write_text(json.dumps({"training": files}))
+    with pytest.raises(ValueError, match=r"nosplit.json: a JSON datalist needs a list 'test' for the test split"):
+        table_datalist(tmp_path / "nosplit.json", "test")
 
 
 def _auc(scores, labels):

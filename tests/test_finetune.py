@@ -75,3 +75,14 @@ def test_class_weights_are_inverse_frequencies():
     assert weights[1] / weights[0] == pytest.approx(3.0) and weights.mean() == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"classes \[2\] have no training samples"):
         class_weights([{"label": 0}, {"label": 1}], 3)
+
+
+def test_a_non_finite_fine_tuning_loss_stops_naming_epoch_and_iteration():
+    from ignite.engine import Engine
+
+    from medssl_monai.engines.finetune import FiniteLossCheck
+
+    engine = Engine(lambda e, b: [{"loss": torch.tensor(float(b))}, {"loss": torch.tensor(float(b))}])
+    FiniteLossCheck().attach(engine)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at iteration 5 \(epoch 2\)"):
+        engine.run([1.0, 2.0, 3.0, 4.0] + [float("nan")] * 4, max_epochs=2, epoch_length=4)

@@ -164,7 +164,7 @@ def make_demo_data(
         size: in-plane matrix of every image (pixels); the organ patches are always 28 x 28.
         slices: axial slices per pre-training scan.
         covid_images: images in the binary set (two per synthetic patient, half of the patients positive).
-        organ_patches: patches in the organ set, balanced over the 11 classes, split 60/10/30 like OrganSMNIST.
+        organ_patches: patches in the organ set, balanced over the 11 classes, its patients split 60/10/30.
         workers: processes used; all cores by default.
     """
     out = Path(out)
@@ -173,7 +173,7 @@ def make_demo_data(
     ss_patients, ss_covid, ss_organ, ss_split = root.spawn(4)
     rng = np.random.default_rng(ss_split)
     n_pairs = max(2, covid_images // 2)
-    n_organ_sources = max(2, int(np.ceil(organ_patches / 40)))
+    n_organ_sources = max(3, int(np.ceil(organ_patches / 40)))  # patients: at least one per split
     per_class = 2 * int(np.ceil(organ_patches / len(ORGAN_CLASSES) / n_organ_sources))
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         volumes = pool.map(_patient, [(out, s, i, size, slices) for i, s in enumerate(ss_patients.spawn(patients))])
@@ -205,17 +205,22 @@ def make_demo_data(
         with atomic_path(covid / "Data-split" / cls / f"{split}CT_{cls}.txt") as tmp:
             tmp.write_text("".join(f"{n}\n" for n in names))
 
-    # MedMNIST layout: one npz with train/val/test images (N, 28, 28) uint8 and labels (N, 1)
+    # MedMNIST layout: one npz with train/val/test images (N, 28, 28) uint8, labels (N, 1) and the synthetic
+    # patient of each patch (N,); split by patient, so that no patient's neighbouring patches are in two splits
     images = np.concatenate([o[0] for o in organs])
     labels = np.concatenate([o[1] for o in organs])
-    keep = np.concatenate([np.nonzero(labels == c)[0][: organ_patches // len(ORGAN_CLASSES)] for c in range(len(ORGAN_CLASSES))])
+    patients = np.concatenate([np.full(len(o[1]), i) for i, o in enumerate(organs)])
+    per_label = organ_patches // len(ORGAN_CLASSES)
+    keep = np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:per_label] for c in range(len(ORGAN_CLASSES))])
     keep = rng.permutation(keep)
-    splits = np.array(_split(len(keep), (0.1, 0.3), rng))
+    patient_split = np.array(_split(len(organs), (0.1, 0.3), rng))
+    splits = patient_split[patients[keep]]
     arrays = {}
     for split in ("train", "val", "test"):
         idx = keep[splits == split]
         arrays[f"{split}_images"] = images[idx]
         arrays[f"{split}_labels"] = labels[idx, None]
+        arrays[f"{split}_patients"] = patients[idx]
     with atomic_path(out / "organ_mnist.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)

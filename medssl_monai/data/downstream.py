@@ -84,9 +84,10 @@ def medmnist_datalist(path: str | os.PathLike, split: str) -> list[dict]:
 
 
 def table_datalist(path: str | os.PathLike, split: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Samples of one split from a CSV (columns ``image``, ``label``, optional ``split``; without a ``split``
-    column every row is returned) or a JSON datalist with lists ``training``/``validation``/``test``.
-    Relative image paths are resolved against ``base_dir`` (the file's folder by default)."""
+    """Samples of one split from a CSV (columns ``image``, ``label``, ``split`` with values train/val/test) or
+    a JSON datalist with lists ``training``/``validation``/``test``. A table without the split is refused:
+    training, validation and testing on the same images would report a fit as a result. Relative image paths
+    are resolved against ``base_dir`` (the file's folder by default)."""
     _check_split(split)
     path = Path(path)
     if not path.is_file():
@@ -97,7 +98,10 @@ def table_datalist(path: str | os.PathLike, split: str, base_dir: str | os.PathL
             rows = list(csv.DictReader(f))
         if rows and not {"image", "label"} <= set(rows[0]):
             raise ValueError(f"{path}: a CSV datalist needs the columns image and label, found {list(rows[0])}")
-        rows = [r for r in rows if r.get("split", split) == split]
+        if rows and "split" not in rows[0]:
+            raise ValueError(f"{path}: a CSV datalist needs a split column (train, val or test per row) so that "
+                             f"the {split} split is not also used for training; found columns {list(rows[0])}")
+        rows = [r for r in rows if r["split"] == split]
     else:
         try:
             content = json.loads(path.read_text())
@@ -105,7 +109,8 @@ def table_datalist(path: str | os.PathLike, split: str, base_dir: str | os.PathL
             raise ValueError(f"{path}: not valid JSON ({err})") from None
         key = _JSON_KEYS[split]
         if key not in content:
-            raise ValueError(f"{path}: no list {key!r} for split {split!r}")
+            raise ValueError(f"{path}: a JSON datalist needs a list {key!r} for the {split} split (lists "
+                             f"training, validation, test); it has {', '.join(map(repr, content)) or 'none'}")
         rows = content[key]
     samples = []
     for i, row in enumerate(rows):

@@ -13,10 +13,10 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from medssl_monai.engines.trainer import is_main_process
+from medssl_monai.engines.trainer import check_finite_loss, is_main_process
 from medssl_monai.utils import atomic_path
 
-__all__ = ["finetune_optimizer", "class_weights", "BackboneFreezer", "BestModelSaver"]
+__all__ = ["finetune_optimizer", "class_weights", "BackboneFreezer", "BestModelSaver", "FiniteLossCheck"]
 
 logger = logging.getLogger(__name__)
 HEAD = "fc."
@@ -115,3 +115,16 @@ class BestModelSaver:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+
+
+class FiniteLossCheck:
+    """Stop fine-tuning with an error naming the epoch and iteration when the loss is NaN or infinite, as
+    pre-training does. Reads the loss of MONAI's ``SupervisedTrainer`` output (decollated or not)."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = (output[0] if isinstance(output, list) else output)["loss"]
+        check_finite_loss(loss, engine.state.epoch, engine.state.iteration)

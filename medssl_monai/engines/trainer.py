@@ -19,7 +19,7 @@ from torch import nn
 
 from medssl_monai.engines.schedules import IterationSchedule
 
-__all__ = ["SelfSupervisedTrainer", "RNGState", "is_main_process"]
+__all__ = ["SelfSupervisedTrainer", "RNGState", "check_finite_loss", "is_main_process"]
 
 
 def is_main_process() -> bool:
@@ -27,6 +27,17 @@ def is_main_process() -> bool:
     import ignite.distributed as idist
 
     return idist.get_rank() == 0
+
+
+def check_finite_loss(loss: torch.Tensor | float, epoch: int, iteration: int) -> None:
+    """Stop a run whose loss is NaN or infinite, naming where (ignite's ``TerminateOnNan`` would end it as a
+    success)."""
+    value = float(loss)
+    if not np.isfinite(value):
+        raise FloatingPointError(
+            f"loss is {value} at iteration {iteration} (epoch {epoch}): lower the learning rate, check the data for "
+            "NaN, or turn amp off"
+        )
 
 
 class RNGState:
@@ -125,11 +136,7 @@ class SelfSupervisedTrainer(Trainer):
         with torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.amp):
             out = self.network(views if isinstance(inputs, (list, tuple)) else views[0])
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at iteration {engine.state.iteration}: lower the learning rate, check the "
-                "data for NaN, or turn amp off"
-            )
+        check_finite_loss(loss, engine.state.epoch, engine.state.iteration)
         self.grad_scaler.scale(loss).backward()
         if self.grad_clip:
             self.grad_scaler.unscale_(self.optimizer)
