@@ -52,7 +52,7 @@ def test_training_from_an_encoder_resumes_and_reports(trained):
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     for name in ("auc", "accuracy", "f1", "balanced_accuracy"):
         assert set(metrics[name]) == {"value", "ci_low", "ci_high"}
-    assert metrics["n"] == 10 and metrics["classes"] == ["NonCOVID", "COVID"]
+    assert metrics["n"] == 10 and metrics["classes"] == ["NonCOVID", "COVID"] and metrics["resampled"] == "images"
     assert (out / "eval" / "confusion_matrix.png").stat().st_size > 0 and (out / "eval" / "roc_curve.png").is_file()
     state = torch.load(out / "models" / "model.pt", weights_only=True)  # a plain state_dict
     assert "fc.weight" in state and state["fc.weight"].shape == (2, 512)
@@ -213,7 +213,7 @@ def test_two_process_fine_tuning_with_a_frozen_first_epoch(trained, demo_dir, tm
            "--config_file", configs, "--dataset_dir", str(demo_dir / "covid_ct"), "--ckpt_dir", str(tmp_path / "models"),
            "--log_dir", str(tmp_path / "logs"), "--output_dir", str(tmp_path / "eval"), *SMALL, "--batch_size", "4",
            "--max_epochs", "2", "--freeze_epochs", "1", "--num_workers", "0", "--n_bootstrap", "20",
-           "--pretrained_checkpoint", str(out / "encoder.pt")]
+           "--pretrained_checkpoint", str(out / "encoder.pt"), "--patient_pattern", r"demo_(\d+)_"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -223,4 +223,5 @@ def test_two_process_fine_tuning_with_a_frozen_first_epoch(trained, demo_dir, tm
     trained_2 = torch.load(second, weights_only=True)["network"]
     assert all(torch.equal(frozen[k], v) for k, v in encoder.items() if not k.endswith("num_batches_tracked"))
     assert not torch.equal(trained_2["layer1.0.conv1.weight"], encoder["layer1.0.conv1.weight"])
-    assert (tmp_path / "eval" / "metrics.json").is_file()
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["resampled"] == "patients" and metrics["n_resampled"] == metrics["n"] // 2  # 2 images each

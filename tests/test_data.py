@@ -1,6 +1,7 @@
 """HU windows, the slice datasets, the downstream loaders, and that the demo labels are not trivial."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -107,6 +108,15 @@ def test_table_loaders_csv_and_json(demo_dir, tmp_path):
     js = tmp_path / "list.json"
     js.write_text(json.dumps({"training": files[:2], "validation": files[2:], "test": []}))
     assert [s["label"] for s in table_datalist(js, "val")] == [f["label"] for f in files[2:]]
+    (tmp_path / "patients.csv").write_text("image,label,split,patient\n" + "".join(
+        f"{f['image']},{f['label']},train,{Path(f['image']).name.split('_')[1]}\n" for f in files))
+    named = downstream_dataset("table", tmp_path / "patients.csv", "train")
+    by_pattern = downstream_dataset("class_folders", demo_dir / "covid_ct", "train", classes=COVID_CLASSES,
+                                    patient_pattern=r"demo_(\d+)_")
+    assert [d["patient"] for d in named.data] == [d["patient"] for d in by_pattern.data][:4]
+    with pytest.raises(ValueError, match=r"demo_\d+_0.png: the file name has no patient id matching 'case"):
+        downstream_dataset("class_folders", demo_dir / "covid_ct", "train", classes=COVID_CLASSES,
+                           patient_pattern=r"case(\d+)")
     ds = downstream_dataset("table", csv, "train", encoding="hu16")
     assert ds[2]["image"].shape == (1, 64, 64)
     (tmp_path / "bad.csv").write_text("path,y\na,1\n")
@@ -143,6 +153,16 @@ def test_demo_labels_are_not_separable_by_mean_intensity_or_size(tmp_path):
     means = x.mean(axis=(1, 2))
     for c in range(len(ORGAN_CLASSES)):
         assert _auc(means, y == c) < 0.97, ORGAN_CLASSES[c]
+
+
+def test_demo_organ_patches_are_split_by_patient(demo_dir):
+    organ = np.load(demo_dir / "organ_mnist.npz")
+    patients = {s: set(organ[f"{s}_patients"].tolist()) for s in ("train", "val", "test")}
+    assert {d["patient"] for d in medmnist_datalist(demo_dir / "organ_mnist.npz", "test")} == set(
+        map(str, patients["test"]))
+    assert all(patients.values()) and not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
+                                           or patients["val"] & patients["test"])
+    assert all(len(organ[f"{s}_patients"]) == len(organ[f"{s}_labels"]) for s in patients)
 
 
 def test_demo_data_cli_is_deterministic(tmp_path):

@@ -86,3 +86,23 @@ def test_a_non_finite_fine_tuning_loss_stops_naming_epoch_and_iteration():
     FiniteLossCheck().attach(engine)
     with pytest.raises(FloatingPointError, match=r"loss is nan at iteration 5 \(epoch 2\)"):
         engine.run([1.0, 2.0, 3.0, 4.0] + [float("nan")] * 4, max_epochs=2, epoch_length=4)
+
+
+def test_bootstrap_resamples_whole_patients_when_they_are_known():
+    """Two identical images per patient: resampling patients gives exactly the intervals of one image per
+    patient, while resampling images treats the copies as independent and narrows them."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 30)
+    probs = np.clip(labels * 0.3 + rng.uniform(0, 0.7, 30), 0, 1)
+    probs = np.stack([1 - probs, probs], axis=1)
+    twice_labels, twice_probs = np.repeat(labels, 2), np.repeat(probs, 2, axis=0)
+    patients = np.repeat([f"p{i:02d}" for i in range(30)], 2)  # sorted as the units are
+    single = classification_metrics(labels, probs, n_bootstrap=300, seed=1)
+    by_patient = classification_metrics(twice_labels, twice_probs, n_bootstrap=300, seed=1, groups=patients)
+    by_image = classification_metrics(twice_labels, twice_probs, n_bootstrap=300, seed=1)
+    assert single["resampled"] == "images" and by_patient["resampled"] == "patients"
+    assert by_patient["n"] == 60 and by_patient["n_resampled"] == 30 and by_image["n_resampled"] == 60
+    for name in ("auc", "accuracy", "f1", "balanced_accuracy"):
+        assert by_patient[name] == pytest.approx(single[name])
+    width = lambda m: m["auc"]["ci_high"] - m["auc"]["ci_low"]  # noqa: E731
+    assert width(by_image) < width(by_patient)

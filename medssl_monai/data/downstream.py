@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -78,14 +79,19 @@ def medmnist_datalist(path: str | os.PathLike, split: str) -> list[dict]:
         if missing:
             raise ValueError(f"{path}: not a MedMNIST file, missing {', '.join(missing)} (has {', '.join(npz.files)})")
         images, labels = npz[f"{split}_images"], npz[f"{split}_labels"].reshape(-1)
+        patients = npz[f"{split}_patients"] if f"{split}_patients" in npz else None  # the demo's; not MedMNIST's
     if images.ndim != 3 or len(images) != len(labels):
         raise ValueError(f"{path}: expected {split}_images (N, H, W) and N labels, got {images.shape} and {labels.shape}")
-    return [{"image": np.ascontiguousarray(img.T), "label": int(y)} for img, y in zip(images, labels)]
+    samples = [{"image": np.ascontiguousarray(img.T), "label": int(y)} for img, y in zip(images, labels)]
+    for sample, patient in zip(samples, patients if patients is not None else []):
+        sample["patient"] = str(patient)
+    return samples
 
 
 def table_datalist(path: str | os.PathLike, split: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Samples of one split from a CSV (columns ``image``, ``label``, ``split`` with values train/val/test) or
-    a JSON datalist with lists ``training``/``validation``/``test``. A table without the split is refused:
+    """Samples of one split from a CSV (columns ``image``, ``label``, ``split`` with values train/val/test, and
+    optionally ``patient``) or a JSON datalist with lists ``training``/``validation``/``test`` (entries with
+    ``image``, ``label``, optionally ``patient``). A table without the split is refused:
     training, validation and testing on the same images would report a fit as a result. Relative image paths
     are resolved against ``base_dir`` (the file's folder by default)."""
     _check_split(split)
@@ -120,6 +126,8 @@ def table_datalist(path: str | os.PathLike, split: str, base_dir: str | os.PathL
             raise ValueError(f"{path}: entry {i} has no integer label ({row})") from None
         image = Path(row["image"])
         samples.append({"image": str(image if image.is_absolute() else base / image), "label": label})
+        if row.get("patient") not in (None, ""):
+            samples[-1]["patient"] = str(row["patient"])
     return samples
 
 
@@ -155,6 +163,7 @@ def downstream_dataset(
     cache_dir: str | os.PathLike | None = None,
     label_fraction: float = 1.0,
     seed: int = 0,
+    patient_pattern: str | None = None,
     **layout_args,
 ) -> Dataset:
     """A cached MONAI dataset of one split of a labelled set.
@@ -166,6 +175,9 @@ def downstream_dataset(
         transform: random transforms after loading (augmentation, resizing).
         label_fraction: keep this stratified share of the split (see :func:`stratified_subset`).
         seed: of the subset.
+        patient_pattern: a regular expression whose first group, searched in each image's file name, is its
+            patient id (``demo_(\\d+)_`` for the demo's COVID-like set), for layouts without a patient field.
+            Patient ids make the test intervals resample patients, not images.
     """
     if layout == "class_folders":
         data, load = class_folder_datalist(path, split, **layout_args), True
@@ -177,6 +189,12 @@ def downstream_dataset(
         raise ValueError(f"unknown layout {layout!r}; expected class_folders, medmnist or table")
     if not data:
         raise ValueError(f"{path}: split {split!r} is empty")
+    if patient_pattern:
+        for sample in data:
+            found = re.search(patient_pattern, Path(str(sample["image"])).name)
+            if not found:
+                raise ValueError(f"{sample['image']}: the file name has no patient id matching {patient_pattern!r}")
+            sample["patient"] = found.group(1) if found.groups() else found.group(0)
     data = stratified_subset(data, label_fraction, seed)
     loading = ct_loading("image", encoding, window, in_channels, load=load)
     return cached_dataset(data, loading if transform is None else Compose([loading, transform]), cache, cache_dir)

@@ -2,7 +2,9 @@
 
 ROC AUC is MONAI's (binary: positive = class 1; more classes: macro one-vs-rest); the others come from the
 confusion matrix. The intervals are percentile intervals over ``n_bootstrap`` resamples of the test cases;
-resamples without every class are skipped for AUC, which is undefined there.
+resamples without every class are skipped for AUC, which is undefined there. Where the images carry a patient
+id, whole patients are resampled (a cluster bootstrap): images of one patient are not independent, and
+resampling them one by one would give intervals that are too narrow.
 """
 
 from __future__ import annotations
@@ -43,16 +45,23 @@ def point_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 
 
 def classification_metrics(labels, probs, n_bootstrap: int = 1000, seed: int = 0,
-                           confidence: float = 0.95) -> dict:
-    """``{metric: {"value", "ci_low", "ci_high"}, "n": N, "confusion_matrix": [[...]]}`` for the test set."""
+                           confidence: float = 0.95, groups=None) -> dict:
+    """``{metric: {"value", "ci_low", "ci_high"}, "n": N, "resampled": "patients" | "images", "confusion_matrix":
+    [[...]]}`` for the test set; ``groups`` (N,) are patient ids, resampled whole when given."""
     labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
     if probs.ndim != 2 or len(labels) != len(probs):
         raise ValueError(f"expected labels (N,) and probabilities (N, C), got {labels.shape} and {probs.shape}")
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"expected a patient id per image, got {len(groups)} for {len(labels)} images")
     point = point_metrics(labels, probs)
     rng = np.random.default_rng(seed)
+    # the resampling units: each a list of image indices (a patient's images, or one image)
+    _, unit_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True) if groups is not None else \
+        (None, np.arange(len(labels)))
+    units = [np.nonzero(unit_of == u)[0] for u in range(unit_of.max() + 1)]
     samples: dict[str, list[float]] = {k: [] for k in METRICS}
     for _ in range(n_bootstrap):
-        index = rng.integers(0, len(labels), len(labels))
+        index = np.concatenate([units[u] for u in rng.integers(0, len(units), len(units))])
         for k, v in point_metrics(labels[index], probs[index]).items():
             if not np.isnan(v):
                 samples[k].append(v)
@@ -62,5 +71,7 @@ def classification_metrics(labels, probs, n_bootstrap: int = 1000, seed: int = 0
         low, high = np.percentile(samples[k], [tail, 100 - tail]) if samples[k] else (float("nan"),) * 2
         result[k] = {"value": point[k], "ci_low": float(low), "ci_high": float(high)}
     result["n"] = int(len(labels))
+    result["resampled"] = "patients" if groups is not None else "images"
+    result["n_resampled"] = len(units)
     result["confusion_matrix"] = confusion_matrix(labels, probs.argmax(axis=1), probs.shape[1]).tolist()
     return result

@@ -44,26 +44,29 @@ class ClassificationReport:
         self.n_bootstrap, self.seed, self.extra = n_bootstrap, seed, dict(extra or {})
 
     @torch.no_grad()
-    def predict(self) -> tuple[np.ndarray, np.ndarray]:
-        """(labels (N,), probabilities (N, C)) over the whole dataloader."""
+    def predict(self) -> tuple[np.ndarray, np.ndarray, list | None]:
+        """(labels (N,), probabilities (N, C), patient ids (N,) or None when the samples carry none) over the
+        whole dataloader."""
         net = getattr(self.network, "module", self.network)
         if self.checkpoint is not None:
             net.load_state_dict(load_checkpoint(self.checkpoint))
         net.eval()
-        labels, probs = [], []
+        labels, probs, patients = [], [], []
         for batch in self.dataloader:
             logits = net(torch.as_tensor(batch["image"]).to(self.device))  # (B, C)
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
             labels.append(torch.as_tensor(batch["label"]).long().view(-1))
-        return torch.cat(labels).numpy(), torch.cat(probs).numpy()
+            patients += list(batch["patient"]) if "patient" in batch else []
+        labels = torch.cat(labels).numpy()
+        return labels, torch.cat(probs).numpy(), [str(p) for p in patients] if len(patients) == len(labels) else None
 
     def run(self) -> dict:
         """Predict, compute the metrics with intervals, write the report; returns the metrics."""
-        labels, probs = self.predict()
+        labels, probs, patients = self.predict()
         if probs.shape[1] != len(self.class_names):
             raise ValueError(f"the network gives {probs.shape[1]} outputs but {len(self.class_names)} class names "
                              f"are configured ({self.class_names})")
-        metrics = classification_metrics(labels, probs, self.n_bootstrap, self.seed)
+        metrics = classification_metrics(labels, probs, self.n_bootstrap, self.seed, groups=patients)
         report = {"classes": self.class_names, "checkpoint": str(self.checkpoint), **self.extra, **metrics}
         write_json(self.output_dir / "metrics.json", report)
         plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), self.class_names,
@@ -71,5 +74,6 @@ class ClassificationReport:
         plot_roc(labels, probs, self.class_names, self.output_dir / "roc_curve.png", f"test set, n = {len(labels)}")
         summary = ", ".join(f"{k} {metrics[k]['value']:.3f} [{metrics[k]['ci_low']:.3f}, {metrics[k]['ci_high']:.3f}]"
                             for k in METRICS)
-        logger.info(f"test ({len(labels)} images): {summary}; written to {self.output_dir}")
+        logger.info(f"test ({len(labels)} images, intervals resampling {metrics['n_resampled']} "
+                    f"{metrics['resampled']}): {summary}; written to {self.output_dir}")
         return report
