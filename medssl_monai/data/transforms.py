@@ -21,7 +21,8 @@ from monai.transforms import (
     Transform,
 )
 
-__all__ = ["HU_WINDOWS", "ENCODINGS", "PNG_HU_OFFSET", "resolve_window", "HUWindowd", "FiniteCheckd", "ct_loading"]
+__all__ = ["HU_WINDOWS", "ENCODINGS", "PNG_HU_OFFSET", "resolve_window", "HUWindowd", "FiniteCheckd", "GreyChanneld",
+           "ct_loading"]
 
 # (lower, upper) HU of each named window; "full" is the whole CT range, for the paper's unwindowed data
 HU_WINDOWS: dict[str, tuple[float, float]] = {
@@ -84,6 +85,29 @@ class FiniteCheckd(MapTransform):
         return data
 
 
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B (what PIL's "L" conversion uses)
+
+
+class GreyChanneld(MapTransform):
+    """One grey channel from an 8-bit image of any colour layout, channel first: grey as is, grey + alpha
+    its grey, RGB and RGBA the BT.601 luma 0.299 R + 0.587 G + 0.114 B (alpha dropped). Screenshot datasets
+    such as UCSD COVID-CT mix all four; a CT slice has one intensity per pixel."""
+
+    def __call__(self, data: dict) -> dict:
+        for key in self.key_iterator(data):
+            image = data[key]  # (C, H, W)
+            channels = image.shape[0]
+            if channels in (1, 2):
+                data[key] = image[:1]
+            elif channels in (3, 4):
+                weights = torch.as_tensor(LUMA, dtype=image.dtype, device=image.device).view(3, 1, 1)
+                data[key] = (image[:3] * weights).sum(dim=0, keepdim=True)
+            else:
+                source = getattr(image, "meta", {}).get("filename_or_obj", f"sample key {key!r}")
+                raise ValueError(f"{source}: {channels} channels; expected grey, grey + alpha, RGB or RGBA")
+        return data
+
+
 def ct_loading(
     keys: KeysCollection = "image",
     encoding: str = "hu",
@@ -96,8 +120,9 @@ def ct_loading(
 
     Args:
         encoding: one of :data:`ENCODINGS`.
-        window: HU window, or ``minmax`` for per-image min-max scaling (the reference study's preprocessing;
-            ignored for ``uint8``, whose images carry no HU).
+        window: HU window, or ``minmax`` for per-image min-max scaling (the reference study's preprocessing,
+            for any encoding); a HU window is ignored for ``uint8``, whose images carry no HU (divided by 255).
+            8-bit files of any colour layout become one grey channel (:class:`GreyChanneld`) first.
         in_channels: 1, or 3 to replicate the channel (the paper's ImageNet-shaped input).
         load: read files; ``False`` for samples that already hold arrays (MedMNIST).
         volume: 3D volumes, reoriented to LPS so that the last axis runs foot to head and a slice reads like
@@ -115,10 +140,12 @@ def ct_loading(
     if volume:
         steps.append(Orientationd(keys, axcodes="LPS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     steps.append(EnsureTyped(keys, dtype="float32", track_meta=volume))
-    if encoding == "uint8":
-        steps.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
-    elif window == "minmax":  # the reference study's per-image scaling, which gives up the HU scale
+    if encoding == "uint8" and load:
+        steps.append(GreyChanneld(keys))
+    if window == "minmax":  # the reference study's per-image scaling, which gives up the HU scale
         steps.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0))
+    elif encoding == "uint8":
+        steps.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
     else:
         steps.append(HUWindowd(keys, window, offset=-PNG_HU_OFFSET if encoding == "hu16" else 0.0))
     if in_channels == 3:
