@@ -84,6 +84,10 @@ def _study(args: argparse.Namespace) -> int:
     from medssl_monai.study import Study, StudyError, load_study_config
 
     config = load_study_config(args.config, args.preset)
+    if args.plan:
+        lines = Study(config, args.out).plan()
+        print("\n".join(lines) + f"\n{len(lines)} bundle runs planned in {args.out}; nothing was run")
+        return 0
     try:
         Study(config, args.out).run()
     except StudyError as err:
@@ -150,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, choices=("smoke", "demo", "paper"),
                    help="smoke (tests, < 3 min), demo (embedded data, < 90 min on 2 cores), paper (GPU)")
     p.add_argument("--out", required=True, help="study folder; the same command continues a stopped study")
+    p.add_argument("--plan", action="store_true", help="print every bundle run (bundle, folder, ids) and exit")
     p.set_defaults(func=_study)
     return parser
 

@@ -105,3 +105,36 @@ def test_the_shipped_example_config_is_the_demo_preset(tmp_path):
     demo = load_study_config(preset="demo", demo_dir=str(tmp_path))
     assert example == demo and example.tasks["covid"]["dataset_dir"] == f"{tmp_path}/covid_ct"
     assert len(Study(example, tmp_path / "s").runs()) == 5 * 5 * 3
+
+
+# the reference study's table (shared/reference/paper_protocol.md), as the bundle ids that hold each value:
+# (batch, epochs, lr per 256 images [peak lr = base_lr x batch / 256], warm-up epochs, method settings)
+PAPER = {
+    "spark": {"batch_size": 32, "max_epochs": 1600, "base_lr": 2e-4, "warmup_epochs": 40},
+    "moco": {"batch_size": 128, "max_epochs": 800, "base_lr": 0.03, "temperature": 0.07, "queue_size": 65536,
+             "momentum": 0.999},  # lr 0.015 at batch 128
+    "byol": {"batch_size": 64, "base_lr": 0.004, "warmup_epochs": 10, "tau": [0.996, 1.0]},  # lr 1e-3 at 64
+    "swav": {"batch_size": 128, "max_epochs": 800, "base_lr": 0.3, "warmup_epochs": 10, "local_size": 96,
+             "num_prototypes": 500, "temperature": 0.1},  # lr 0.15 at batch 128
+}
+DOWNSTREAM = {"backbone": "resnet50", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": 64, "max_epochs": 70,
+              "freeze_epochs": 10, "image_size": 224, "in_channels": 3}
+
+
+def test_the_paper_plan_holds_the_protocol_and_runs_nothing(tmp_path, capsys):
+    from medssl_monai.cli import main
+
+    config = load_study_config(preset="paper")
+    study = Study(config, tmp_path / "paper")
+    for method, settings in PAPER.items():
+        overrides = study.pretrain_overrides(method)
+        assert {k: overrides[k] for k in settings} == settings, method
+        assert overrides["image_size"] == 224 and overrides["in_channels"] == 3
+    for run in study.runs():
+        overrides = study.finetune_overrides(run)
+        assert {k: overrides[k] for k in DOWNSTREAM} == DOWNSTREAM
+    assert main(["study", "--preset", "paper", "--plan", "--out", str(tmp_path / "paper")]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain spark: spark_pretrain in" in out and "--max_epochs 1600 --base_lr 0.0002 --warmup_epochs 40" in out
+    assert "--temperature 0.07 --queue_size 65536" in out and "--max_epochs 70 --freeze_epochs 10" in out
+    assert f"{4 + 5 * 2 * 5 * 3} bundle runs planned" in out and not (tmp_path / "paper").exists()

@@ -117,12 +117,32 @@ class Study:
                              f"another --out, or delete {folder} to run it again with the current settings")
         return done
 
-    def pretrain(self, method: str) -> None:
+    def pretrain_overrides(self, method: str) -> dict:
+        """The ids of ``method``'s pre-training run."""
         folder = self.out / "pretrain" / method
         settings = self.config.pretrain
-        overrides = {"dataset_dir": settings["dataset_dir"], "ckpt_dir": str(folder / "models"),
-                     "log_dir": str(folder / "logs"), **settings.get("overrides", {}),
-                     **settings.get(method, {})}
+        return {"dataset_dir": settings["dataset_dir"], "ckpt_dir": str(folder / "models"),
+                "log_dir": str(folder / "logs"), **settings.get("overrides", {}), **settings.get(method, {})}
+
+    def finetune_overrides(self, run: Run) -> dict:
+        """The ids of one fine-tuning run."""
+        folder = self.out / run.folder
+        return {**self.config.tasks[run.task], "ckpt_dir": str(folder / "models"), "log_dir": str(folder / "logs"),
+                "output_dir": str(folder / "eval"), "label_fraction": run.fraction, "seed": run.seed,
+                "pretrained_checkpoint": self.encoder(run.arm) or "none",  # a CLI None would mean "default"
+                **self.config.finetune.get("overrides", {})}
+
+    def plan(self) -> list[str]:
+        """Every bundle run the study would make, one line each (bundle, folder, ids), without running any."""
+        lines = [f"pretrain {m}: {m}_pretrain in {self.out / 'pretrain' / m}: " + " ".join(_cli(self.pretrain_overrides(m)))
+                 for m in self.config.methods if m != "scratch"]
+        lines += [f"finetune {r.arm} {r.task} fraction {r.fraction:g} seed {r.seed}: ct_classification in "
+                  f"{self.out / r.folder}: " + " ".join(_cli(self.finetune_overrides(r))) for r in self.runs()]
+        return lines
+
+    def pretrain(self, method: str) -> None:
+        folder = self.out / "pretrain" / method
+        overrides = self.pretrain_overrides(method)
         identity = self._identity(f"{method}_pretrain", overrides)
         if self._finished(folder, identity) is not None:
             return
@@ -133,11 +153,7 @@ class Study:
 
     def finetune(self, run: Run) -> dict:
         folder = self.out / run.folder
-        task = self.config.tasks[run.task]
-        overrides = {**{k: v for k, v in task.items()}, "ckpt_dir": str(folder / "models"),
-                     "log_dir": str(folder / "logs"), "output_dir": str(folder / "eval"),
-                     "label_fraction": run.fraction, "seed": run.seed, "pretrained_checkpoint": self.encoder(run.arm) or "none",  # a CLI None would mean "default"
-                     **self.config.finetune.get("overrides", {})}
+        overrides = self.finetune_overrides(run)
         identity = self._identity("ct_classification", overrides)
         done = self._finished(folder, identity)
         if done is not None:
