@@ -145,9 +145,9 @@ class ResumeFromCheckpoint:
 
     def _start_over(self) -> None:
         """Remove this folder's training checkpoints, so that a later resume cannot pick up the old run."""
-        old = sorted(Path(self.ckpt_dir).glob("checkpoint_*.pt")) if self.path is None else []
+        old = sorted(Path(self.ckpt_dir).glob("checkpoint_*.pt"))
         for p in old:
-            p.unlink()
+            p.unlink(missing_ok=True)  # every rank of a distributed run does this
         if old:
             logger.info(f"resume false: starting over; removed {len(old)} old checkpoint(s) from {self.ckpt_dir}: "
                         + ", ".join(p.name for p in old))
