@@ -67,7 +67,7 @@ def test_monitor_on_a_random_and_a_dead_encoder(zero_last_stage, demo_dir, tmp_p
     assert set(collapse) == {"collapse/effective_rank", "collapse/class_rank_0", "collapse/class_rank_1"}
     if zero_last_stage:
         assert min(collapse.values()) >= 0.95, collapse
-    else:  # measured 0.13-0.26 for this random-init encoder
+    else:  # measured 0.21-0.30 for this random-init encoder (0.32-0.39 on the default demo set)
         assert max(collapse.values()) <= 0.6, collapse
     n = int(result["knn/queries"])
     assert n == len(monitor.val_data) and int(result["knn/memory"]) == len(monitor.train_data)
