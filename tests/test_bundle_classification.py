@@ -219,6 +219,7 @@ def test_two_process_fine_tuning_with_a_frozen_first_epoch(trained, demo_dir, tm
     assert result.returncode == 0, result.stderr[-3000:]
     encoder = torch.load(out / "encoder.pt", weights_only=True)
     first, second = sorted((tmp_path / "models").glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    assert torch.load(first, weights_only=True)["identity"]["world_size"] == 2  # part of what the run is
     frozen = torch.load(first, weights_only=True)["network"]
     trained_2 = torch.load(second, weights_only=True)["network"]
     assert all(torch.equal(frozen[k], v) for k, v in encoder.items() if not k.endswith("num_batches_tracked"))

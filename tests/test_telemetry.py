@@ -54,8 +54,7 @@ def _spark(zero_last_stage=False):
 
 
 def _monitor(network, demo_dir, tmp_path, **kwargs):
-    monitor = RepresentationMonitor(network, demo_dir / "covid_ct", tmp_path / "tb", image_size=64, **kwargs)
-    return monitor
+    return RepresentationMonitor(network, demo_dir / "covid_ct", tmp_path / "tb", image_size=64, **kwargs)
 
 
 @pytest.mark.parametrize("zero_last_stage", [False, True])

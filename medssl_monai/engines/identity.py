@@ -81,14 +81,15 @@ class RunIdentity:
     """The ids that define a run, as a checkpointable object (``state_dict`` is a plain dict).
 
     Args:
-        ids: id -> resolved value; paths are made absolute, other objects are stored by ``str``.
+        ids: id -> resolved value; path objects are made absolute, other objects are stored by ``str``. The
+            number of processes (``world_size``) is always added: it changes the batches a run sees.
     """
 
     def __init__(self, **ids: Any) -> None:
+        import ignite.distributed as idist
+
         self.ids = {k: _canonical(v) for k, v in ids.items()}
-        for k, v in ids.items():  # a relative path string: compare it as the absolute path it names
-            if isinstance(v, str) and k.endswith(("_dir", "_path", "datalist")) and v and os.path.exists(v):
-                self.ids[k] = str(Path(v).resolve())
+        self.ids.setdefault("world_size", idist.get_world_size())
 
     def state_dict(self) -> dict:
         return dict(self.ids)
