@@ -43,19 +43,33 @@ def demo_data_dir(generate: bool = True) -> str:
     return str(root)
 
 
-def demo_encoder(method: str = "spark") -> str | None:
-    """``models/encoder.pt`` of this checkout's ``<method>_pretrain`` bundle when it has been trained, else None
-    (the classifier then starts from scratch, and says so)."""
+def demo_encoder(method: str = "spark", backbone: str | None = None) -> str | None:
+    """``models/encoder.pt`` of this checkout's ``<method>_pretrain`` bundle when it has been trained (as a
+    ``backbone`` network, when given), else None: the classifier then starts from scratch, and the log says why.
+
+    This is only the demo's default: a ``--pretrained_checkpoint`` given explicitly is never replaced, and one
+    that does not fit the network is an error.
+    """
     path = _SOURCE_ROOT / "bundles" / f"{method}_pretrain" / "models" / "encoder.pt"
-    if path.is_file():
-        logger.info(f"starting from the demo {method} encoder {path}")
-        return str(path)
-    logger.info(f"no demo {method} encoder at {path} (run the {method}_pretrain bundle first): training from scratch")
-    return None
+    if not path.is_file():
+        logger.warning(f"no demo {method} encoder at {path} (run the {method}_pretrain bundle first): "
+                       "training from scratch")
+        return None
+    if backbone is not None:
+        from medssl_monai.networks.pretrained import detect_backbone
+
+        trained, _, _ = detect_backbone(path)
+        if trained != backbone:
+            logger.warning(f"the demo {method} encoder {path} is a {trained}, this run a {backbone}: training "
+                           f"from scratch (pre-train a {backbone} or pass --pretrained_checkpoint PATH)")
+            return None
+    logger.info(f"starting from the demo {method} encoder {path}")
+    return str(path)
 
 
-# what a shared bundle holds: configs, docs, licence and the trained weights, not logs or training checkpoints
-PACKED = ("configs", "docs", "LICENSE", "models/model.pt", "models/model.ts", "scripts")
+# what a shared bundle holds: configs, docs, licence, the sample image and the trained weights, not logs or
+# training checkpoints
+PACKED = ("configs", "docs", "LICENSE", "sample.png", "models/model.pt", "models/model.ts", "scripts")
 
 
 def pack_bundle(name: str, out: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:

@@ -117,7 +117,7 @@ def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp
     out, _, _, _ = trained
     root = tmp_path / "bundle"
     (root / "models").mkdir(parents=True)
-    for name in ("configs", "docs", "LICENSE"):
+    for name in ("configs", "docs", "LICENSE", "sample.png"):
         src = BUNDLE / name
         subprocess.run(["cp", "-r", str(src), str(root / name)], check=True)
     (root / "models" / "model.pt").write_bytes((out / "models" / "model.pt").read_bytes())
@@ -127,6 +127,7 @@ def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp
         names = archive.namelist()
         assert {n.split("/")[0] for n in names} == {"ct_classification"}
         assert "ct_classification/models/model.pt" in names and "ct_classification/configs/inference.json" in names
+        assert "ct_classification/sample.png" in names
         archive.extractall(tmp_path / "unzipped")
     unpacked = tmp_path / "unzipped" / "ct_classification"
     image = sorted((demo_dir / "covid_ct" / "Images-processed" / "CT_COVID").glob("*.png"))[0]
@@ -157,6 +158,22 @@ def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp
         with torch.no_grad():
             expected = torch.softmax(net(data[index]["image"][None]), dim=1)[0]
         assert probs == pytest.approx(expected.tolist(), abs=1e-4), window
+    # without --input_image: the bundle's own sample image
+    result = _run("run", "--config_file", str(unpacked / "configs" / "inference.json"), "--bundle_root",
+                  str(unpacked), *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(unpacked / "eval" / "predictions.csv") as f:
+        assert next(csv.reader(f))[0] == str(unpacked / "sample.png")
+
+
+def test_inference_from_the_project_root_needs_no_paths_but_the_model(trained, tmp_path):
+    """As a user types it at the project root: the bundle and its sample image are found, minmax included."""
+    out, _, _, _ = trained
+    result = _run("run", "--config_file", str(CONFIGS / "inference.json"), *SMALL, "--window", "minmax",
+                  "--ckpt_dir", str(out / "models"), "--output_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "predictions.csv") as f:
+        assert next(csv.reader(f))[0] == "bundles/ct_classification/sample.png"
 
 
 @pytest.mark.parametrize("workflow,config", [("train", "train.json"), ("infer", "inference.json")])

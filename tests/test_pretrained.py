@@ -115,6 +115,25 @@ def test_no_checkpoint_means_from_scratch(caplog):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+def test_the_demo_default_encoder_is_used_only_when_its_backbone_fits(tmp_path, monkeypatch, caplog):
+    """The demo's implicit encoder of another architecture means from scratch, and the log says why."""
+    import medssl_monai.bundle as bundle
+    from medssl_monai.engines.export import save_encoder
+    from medssl_monai.networks import resnet
+
+    monkeypatch.setattr(bundle, "_SOURCE_ROOT", tmp_path)
+    with caplog.at_level("INFO"):
+        assert bundle.demo_encoder("spark", "resnet18") is None
+    assert "no demo spark encoder" in caplog.text
+    path = tmp_path / "bundles" / "spark_pretrain" / "models" / "encoder.pt"
+    path.parent.mkdir(parents=True)
+    save_encoder(resnet("resnet18", 1).state_dict(), path)
+    assert bundle.demo_encoder("spark", "resnet18") == str(path)
+    with caplog.at_level("INFO"):
+        assert bundle.demo_encoder("spark", "resnet50") is None
+    assert "is a resnet18, this run a resnet50: training from scratch" in caplog.text
+
+
 def test_inspect_checkpoint_command(released, tmp_path, capsys):
     paths, _ = released
     assert main(["inspect-checkpoint", str(paths["byol"])]) == 0
