@@ -88,7 +88,9 @@ def tiny_run(request, demo_dir, tmp_path_factory):
             "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64",
             "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "3", "--image_log_interval", "2",
             *OVERRIDES.get(method, [])]
-    args += ["--max_epochs", "2"]
+    if method == "moco":  # one method reads its slices from the disk store (one data pipeline for all four)
+        args += ["--cache", "disk", "--cache_dir", str(ckpt / "store")]
+    args += ["--max_steps", "6"] if method == "byol" else ["--max_epochs", "2"]  # 6 steps: rounded up to 2 epochs
     run_killed([sys.executable, "-m", "monai.bundle", *args], ckpt, cwd=tmp_path_factory.mktemp("cwd"))  # at 3
     second = _run(*args, cwd=tmp_path_factory.mktemp("cwd"))  # the same command continues the killed run
     assert second.returncode == 0, second.stderr[-3000:]
@@ -104,6 +106,8 @@ def test_bundle_trains_resumes_monitors_and_exports(tiny_run):
     assert names[-1] == "checkpoint_8.pt"  # 2 epochs x 4 iterations (16 slices, batch 4)
     state = torch.load(ckpt / names[-1], weights_only=True)
     assert state["trainer"]["iteration"] == 8 and state["info"]["method"] == method
+    assert state["identity"]["max_steps"] == (6 if method == "byol" else None)
+    assert len(list((ckpt / "store").glob("*.npy"))) == (2 if method == "moco" else 0)
     sd = torch.load(ckpt / "encoder.pt", weights_only=True)
     _assert_only_fc_missing(torchvision.models.resnet18().load_state_dict(sd, strict=False))  # the stock network
     wrapper, prefix = RELEASE[method]
@@ -185,13 +189,15 @@ def test_two_process_ddp_run_with_gloo(method, demo_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
            "--config_file", configs, "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir",
            str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64", "--batch_size", "4", "--num_workers", "0",
-           "--max_epochs", "1", *(["--queue_size", "12"] if method == "moco" else [])]
+           "--max_epochs", "1", *(["--queue_size", "12"] if method == "moco" else []),
+           *(["--cache", "disk", "--cache_dir", str(tmp_path / "store")] if method == "spark" else [])]  # ranks share
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     # 16 training slices split by the sampler: 8 per rank, 2 iterations of 4
     state = torch.load(ckpt / "checkpoint_2.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 2
+    assert len(list((tmp_path / "store").glob("*.npy"))) == (2 if method == "spark" else 0)
     assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped: loads without DDP
     if method == "moco":  # keys of both ranks enqueued: 2 iterations x 2 ranks x 4 keys into a queue of 12
         assert int(state["network"]["queue_ptr"]) == 16 % 12

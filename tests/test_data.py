@@ -1,6 +1,7 @@
 """HU windows, the slice datasets, the downstream loaders, and that the demo labels are not trivial."""
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +22,7 @@ from medssl_monai.data import (
     table_datalist,
 )
 from medssl_monai.data.demo import COVID_CLASSES, ORGAN_CLASSES
-from medssl_monai.data.transforms import resolve_window
+from medssl_monai.data.transforms import ct_loading, resolve_window
 
 
 def test_window_presets_and_values():
@@ -48,9 +49,53 @@ def test_axial_slice_dataset(demo_dir, tmp_path, cache):
     assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
     assert torch.equal(sample["image"][0], sample["image"][2])
     # the slice is the NIfTI's slice, windowed: HU = lo + value * (hi - lo)
-    volume = nib.load(str(ds.volumes.data[0]["image"])).get_fdata()
+    volume = nib.load(str(ds.volumes[0]["image"])).get_fdata()
     expected = np.clip((volume[:, :, 3] + 1350) / 1500, 0, 1)
     np.testing.assert_allclose(sample["image"][0].numpy(), expected, atol=1e-5)
+
+
+def test_slice_store_serves_the_memory_caches_slices_and_is_reused(demo_dir, tmp_path, caplog):
+    """cache=disk: the same samples as cache=memory, one int16 file per volume, reused by the next run, and
+    restored when a file changes."""
+    from medssl_monai.data.slice_store import SliceStore
+
+    memory = AxialSliceDataset(demo_dir / "datalist.json", window="lung", cache="memory")
+    with caplog.at_level("INFO"):
+        disk = AxialSliceDataset(demo_dir / "datalist.json", window="lung", cache="disk", cache_dir=tmp_path)
+    assert "storing 2 of 2 volumes" in caplog.text
+    assert isinstance(disk.slices, SliceStore) and len(disk) == len(memory)
+    for i in range(len(disk)):
+        assert torch.equal(disk[i]["image"], memory[i]["image"])
+    files = sorted(tmp_path.glob("*.npy"))
+    assert len(files) == 2 and np.load(files[0]).dtype == np.int16 and np.load(files[0]).shape == (8, 64, 64)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = AxialSliceDataset(demo_dir / "datalist.json", window="minmax", in_channels=3, cache="disk",
+                                  cache_dir=tmp_path)
+    assert "storing" not in caplog.text and [f.stat().st_mtime_ns for f in files] == stamps  # one store, any window
+    image = again[5]["image"]
+    assert image.shape == (3, 64, 64) and float(image.min()) == 0.0 and float(image.max()) == 1.0
+    # a volume rewritten in place gets a new store file
+    source = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((4, 4, 3), -1000, np.int16), np.eye(4)), source)
+    first = SliceStore([{"image": str(source)}], tmp_path, ct_loading(window=None, volume=True))
+    nib.save(nib.Nifti1Image(np.full((4, 4, 3), 40, np.int16), np.eye(4)), source)
+    os.utime(source, ns=(0, first.files[0].stat().st_mtime_ns + 10**9))
+    second = SliceStore([{"image": str(source)}], tmp_path, ct_loading(window=None, volume=True))
+    assert second.files != first.files and float(second.read(0, 2).max()) == 40.0
+
+
+def test_slice_store_names_the_bad_volume(tmp_path):
+    from medssl_monai.data.slice_store import SliceStore
+
+    bad = tmp_path / "nan.nii.gz"
+    data = np.zeros((8, 8, 4), np.float32)
+    data[2, 2, 1] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), bad)
+    with pytest.raises(ValueError, match="nan.nii.gz: 1 NaN or infinite value"):
+        SliceStore([{"image": str(bad)}], tmp_path / "store", ct_loading(window=None, volume=True))
+    assert not list((tmp_path / "store").iterdir())  # nothing half-written
 
 
 def test_slice_dataset_rejects_nan_volume_and_missing_file(demo_dir, tmp_path):

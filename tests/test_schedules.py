@@ -49,3 +49,13 @@ def test_schedule_sets_lr_and_decay_per_iteration():
     assert seen[-1][0][0] == pytest.approx(cosine(19, 20, 0.1, 0.001, 5))
     assert seen[-1][0][1] == pytest.approx(cosine(19, 20, 0.04, 0.2))
     assert all(step[1][1] == 0.0 for step in seen)  # the no-decay group stays at 0
+
+
+def test_a_length_in_steps_is_rounded_up_to_whole_epochs():
+    from medssl_monai.engines import train_epochs
+
+    assert train_epochs(12, None, 4) == 12
+    assert train_epochs(12, 6, 4) == 2 and train_epochs(12, 8, 4) == 2 and train_epochs(12, 9, 4) == 3
+    assert train_epochs(1, 300000, 250000 // 64) == 77  # BYOL on LIDC-IDRI's slices at batch 64
+    with pytest.raises(ValueError, match="max_steps must be positive"):
+        train_epochs(1, 0, 4)

@@ -4,7 +4,10 @@ import csv
 import json
 import statistics
 
+from pathlib import Path
+
 import pytest
+import torch
 import yaml
 
 from medssl_monai.study import Study, load_study_config
@@ -107,16 +110,69 @@ def test_the_shipped_example_config_is_the_demo_preset(tmp_path):
     assert len(Study(example, tmp_path / "s").runs()) == 5 * 5 * 3
 
 
-# the reference study's table (shared/reference/paper_protocol.md), as the bundle ids that hold each value:
-# (batch, epochs, lr per 256 images [peak lr = base_lr x batch / 256], warm-up epochs, method settings)
-PAPER = {
-    "spark": {"batch_size": 32, "max_epochs": 1600, "base_lr": 2e-4, "warmup_epochs": 40},
-    "moco": {"batch_size": 128, "max_epochs": 800, "base_lr": 0.03, "temperature": 0.07, "queue_size": 65536,
-             "momentum": 0.999},  # lr 0.015 at batch 128
-    "byol": {"batch_size": 64, "base_lr": 0.004, "warmup_epochs": 10, "tau": [0.996, 1.0]},  # lr 1e-3 at 64
-    "swav": {"batch_size": 128, "max_epochs": 800, "base_lr": 0.3, "warmup_epochs": 10, "local_size": 96,
-             "num_prototypes": 500, "temperature": 0.1},  # lr 0.15 at batch 128
+# the reference study's table (shared/reference/paper_protocol.md), row by row, as the resolved ids of each
+# bundle under the paper preset: input and crops, batch and length, optimiser, lr (peak = base_lr x batch / 256)
+# and warm-up, weight-decay schedule, method settings, augmentations
+_CONTRASTIVE_AUG = {"size": 224, "scale": [0.2, 1.0], "rotation": 180.0, "rotation_prob": 0.5, "flips": True,
+                    "blur_sigma": [0.1, 2.0], "blur_prob": 0.5, "noise_prob": 0.5}
+_SWAV_AUG = {"intensity_prob": 0.8, "blur_prob": 0.5, "flips": False, "rotation_prob": 0.0}
+PROTOCOL = {
+    "spark": {"image_size": 224, "in_channels": 3, "train#preprocessing#transforms#0#scale": [0.67, 1.0],
+              "train#preprocessing#transforms#1#prob": 0.5, "batch_size": 32, "max_epochs": 1600,
+              "optimizer#name": "lamb", "optimizer#betas": [0.9, 0.95], "grad_clip": 5.0, "optimizer#lr": 2.5e-5,
+              "warmup_epochs": 40, "train#schedule#final_lr_ratio": 0.001, "weight_decay": [0.04, 0.2],
+              "mask_ratio": 0.6},
+    "moco": {"image_size": 224, "in_channels": 3, "batch_size": 128, "max_epochs": 800, "optimizer#name": "sgd",
+             "optimizer#momentum": 0.9, "weight_decay": [1e-4, 1e-4], "optimizer#lr": 0.015, "warmup_epochs": 0,
+             "train#schedule#final_lr_ratio": 0.0, "queue_size": 65536, "temperature": 0.07, "momentum": 0.999,
+             "augmentation": _CONTRASTIVE_AUG},
+    "byol": {"image_size": 224, "in_channels": 3, "batch_size": 64, "max_steps": 300000, "optimizer#name": "adam",
+             "weight_decay": [1.5e-6, 1.5e-6], "optimizer#lr": 1e-3, "warmup_epochs": 10,
+             "train#schedule#final_lr_ratio": 0.0, "tau": [0.996, 1.0], "augmentation": _CONTRASTIVE_AUG},
+    "swav": {"image_size": 224, "in_channels": 3, "batch_size": 128, "max_epochs": 800, "optimizer#name": "lars",
+             "weight_decay": [1e-6, 1e-6], "optimizer#lr": 0.15, "warmup_epochs": 10,
+             "train#schedule#final_lr_ratio": 0.0, "num_global_views": 2, "num_local_views": 6, "local_size": 96,
+             "global_augmentation": {**_SWAV_AUG, "size": 224, "scale": [0.9, 1.0]},
+             "local_augmentation": {**_SWAV_AUG, "size": 96, "scale": [0.1, 0.33]}, "num_prototypes": 500,
+             "temperature": 0.1, "sinkhorn_epsilon": 0.05, "sinkhorn_iterations": 3,
+             "freeze_prototypes_iterations": "$len(@train#dataloader)"},
 }
+# the heads of the table, as (in, out) of each linear layer
+HEADS = {"moco": ("head", [(2048, 2048), (2048, 128)]), "byol": ("projector", [(2048, 4096), (4096, 256)]),
+         "swav": ("head", [(2048, 2048), (2048, 128)])}
+
+
+def _resolved(bundle: str, overrides: dict, key: str):
+    """An id of a bundle's train.json under ``overrides``: a value, an evaluated expression, or for a
+    ``ct_augmentation`` component its arguments with the function's defaults filled in."""
+    import inspect
+
+    from monai.bundle import ConfigParser
+
+    from medssl_monai.data import ct_augmentation
+
+    parser = ConfigParser()
+    parser.read_config(Path(__file__).parents[1] / "bundles" / bundle / "configs" / "train.json")
+    parser.update(overrides)
+    raw = parser[key]
+    if isinstance(raw, dict) and raw.get("_target_") == "medssl_monai.data.ct_augmentation":
+        defaults = {k: v.default for k, v in inspect.signature(ct_augmentation).parameters.items()}
+        args = {k: parser.get_parsed_content(f"{key}#{k}") for k in raw if k != "_target_"}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in {**defaults, **args}.items()}
+    if isinstance(raw, str) and "@train#" in raw:  # needs the data: compared as written
+        return raw
+    return parser.get_parsed_content(key)
+
+
+def _pick(resolved: dict, expected: dict) -> dict:
+    """The entries of ``resolved`` that ``expected`` names, floats to 12 digits (2e-4 x 32 / 256 is 2.5e-5)."""
+    def tidy(v):
+        return float(f"{v:.12g}") if isinstance(v, float) else [tidy(x) for x in v] if isinstance(v, list) else v
+
+    return {k: ({i: tidy(resolved[k][i]) for i in v} if isinstance(v, dict) else tidy(resolved[k]))
+            for k, v in expected.items()}
+
+
 DOWNSTREAM = {"backbone": "resnet50", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": 64, "max_epochs": 70,
               "freeze_epochs": 10, "image_size": 224, "in_channels": 3}
 
@@ -126,10 +182,24 @@ def test_the_paper_plan_holds_the_protocol_and_runs_nothing(tmp_path, capsys):
 
     config = load_study_config(preset="paper")
     study = Study(config, tmp_path / "paper")
-    for method, settings in PAPER.items():
+    for method, row in PROTOCOL.items():
         overrides = study.pretrain_overrides(method)
-        assert {k: overrides[k] for k in settings} == settings, method
-        assert overrides["image_size"] == 224 and overrides["in_channels"] == 3
+        resolved = {key: _resolved(f"{method}_pretrain", overrides, key) for key in row}
+        assert _pick(resolved, row) == row, method
+        assert overrides["cache"] == "disk"  # LIDC-IDRI streams from disk
+    for method, (name, shapes) in HEADS.items():
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(Path(__file__).parents[1] / "bundles" / f"{method}_pretrain" / "configs" / "train.json")
+        parser.update(study.pretrain_overrides(method))
+        for needs_data in ("network_def#total_iterations", "network_def#dataset_size",
+                           "freeze_prototypes_iterations"):  # schedule lengths, not the heads
+            if needs_data in parser:
+                parser[needs_data] = 1000
+        layers = [m for m in getattr(parser.get_parsed_content("network_def"), name).modules()
+                  if isinstance(m, torch.nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in layers] == shapes, method
     for run in study.runs():
         overrides = study.finetune_overrides(run)
         assert {k: overrides[k] for k in DOWNSTREAM} == DOWNSTREAM

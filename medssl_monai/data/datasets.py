@@ -1,9 +1,9 @@
 """2D axial-slice datasets for pre-training, on MONAI's caching datasets.
 
 :class:`AxialSliceDataset` serves every axial slice of a list of CT volumes (NIfTI from ``prepare-dicom`` or
-the demo generator): each volume is loaded, reoriented and windowed once, then kept by a MONAI
-``CacheDataset`` (in memory) or ``PersistentDataset`` (on disk); a sample is one slice of a cached volume
-followed by the random transforms. :func:`png_slice_dataset` serves a folder of PNG slices (the authors'
+the demo generator): each volume is loaded and reoriented once, then kept in HU by a MONAI ``CacheDataset``
+(in memory) or a :class:`~medssl_monai.data.slice_store.SliceStore` (on disk, read a slice at a time); a
+sample is one slice, windowed, followed by the random transforms. :func:`png_slice_dataset` serves a folder of PNG slices (the authors'
 preprocessed LIDC layout) the same way.
 """
 
@@ -17,11 +17,11 @@ from pathlib import Path
 import nibabel as nib
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import Compose
-from monai.utils import convert_to_tensor
+from monai.transforms import Compose, Lambdad
 
 from medssl_monai.data.sampling import seeded
-from medssl_monai.data.transforms import ct_loading
+from medssl_monai.data.slice_store import SliceStore, int16_slices
+from medssl_monai.data.transforms import ct_intensity, ct_loading
 
 __all__ = ["AxialSliceDataset", "png_slice_dataset", "read_datalist", "cached_dataset"]
 
@@ -78,15 +78,32 @@ def _num_axial_slices(path: str) -> int:
     return int(image.shape[[c in ("S", "I") for c in codes].index(True)])
 
 
+class _CachedSlices:
+    """int16 HU slices of volumes held by a MONAI dataset (``CacheDataset`` in memory, or none)."""
+
+    def __init__(self, volumes: Sequence[dict], loading: Callable, cache: str, num_workers: int) -> None:
+        steps = Compose([*loading.transforms, Lambdad("image", int16_slices)])
+        self.volumes = cached_dataset(volumes, steps, cache, num_workers=num_workers, copy_cache=False)
+
+    def read(self, volume: int, index: int) -> torch.Tensor:
+        return self.volumes[volume]["image"][index][None].float()  # (1, X, Y) HU
+
+
 class AxialSliceDataset(torch.utils.data.Dataset):
     """Every axial slice of CT volumes as a dict sample ``{"image": (C, X, Y) float in [0, 1], ...}``.
 
+    Volumes are read once (reoriented, in HU as int16, 2 bytes a voxel whatever ``in_channels``); each sample
+    is one slice, windowed and replicated to ``in_channels``, then ``transform``.
+
     Args:
         data: a datalist JSON path (its ``datalist_key`` list is used) or a list of ``{"image": path}``.
-        window: HU window preset or ``[lower, upper]`` (see :data:`~medssl_monai.data.transforms.HU_WINDOWS`).
+        window: HU window preset, ``[lower, upper]`` (see :data:`~medssl_monai.data.transforms.HU_WINDOWS`),
+            or ``minmax`` (per slice).
         in_channels: 1, or 3 to replicate the channel.
         transform: random per-slice transforms (augmentation, cropping), applied after slicing.
-        cache: ``memory`` (CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
+        cache: ``memory`` (a MONAI CacheDataset of every volume), ``disk`` (a :class:`SliceStore` in
+            ``cache_dir``, read a slice at a time: memory stays flat however large the archive) or ``none``
+            (each sample reads its whole volume: only for tiny data).
         slice_step: keep every n-th slice (thick-slab sampling for large collections).
         num_workers: threads that fill the memory cache.
     """
@@ -109,11 +126,15 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         counts = [_num_axial_slices(v["image"]) for v in volumes]
         # (volume index, slice index) of every sample
         self.index = [(v, k) for v, n in enumerate(counts) for k in range(0, n, slice_step)]
-        # the slice is taken from a read-only cached volume, so the cache needs no copy per sample
-        self.volumes = cached_dataset(
-            volumes, ct_loading("image", "hu", window, in_channels, volume=True), cache, cache_dir, num_workers,
-            copy_cache=False,
-        )
+        loading = ct_loading("image", "hu", window=None, volume=True)  # (1, X, Y, Z) HU
+        if cache == "disk":
+            if cache_dir is None:
+                raise ValueError("cache='disk' needs a cache_dir")
+            self.slices: SliceStore | _CachedSlices = SliceStore(volumes, cache_dir, loading)
+        else:
+            self.slices = _CachedSlices(volumes, loading, cache, num_workers)
+        self.volumes = volumes
+        self.intensity = ct_intensity("image", "hu", window, in_channels)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -123,9 +144,8 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         """Slice ``item``, or ``(index, sample_seed)`` from a :class:`ResumableSampler` (seeded augmentation)."""
         i, seed = item if isinstance(item, tuple) else (item, None)
         v, k = self.index[i]
-        volume = self.volumes[v]["image"]  # (C, X, Y, Z)
-        image = convert_to_tensor(volume, track_meta=False)[..., k].clone()  # (C, X, Y)
-        sample = {"image": image, "volume": v, "slice": k}
+        sample = self.intensity({"image": self.slices.read(v, k)})  # (C, X, Y) in [0, 1]
+        sample.update(volume=v, slice=k)
         return seeded(seed, self.transform, sample) if self.transform is not None else sample
 
 

@@ -22,7 +22,7 @@ from monai.transforms import (
 )
 
 __all__ = ["HU_WINDOWS", "ENCODINGS", "PNG_HU_OFFSET", "resolve_window", "HUWindowd", "FiniteCheckd", "GreyChanneld",
-           "ct_loading"]
+           "ct_intensity", "ct_loading"]
 
 # (lower, upper) HU of each named window; "full" is the whole CT range, for the paper's unwindowed data
 HU_WINDOWS: dict[str, tuple[float, float]] = {
@@ -108,10 +108,34 @@ class GreyChanneld(MapTransform):
         return data
 
 
-def ct_loading(
+def ct_intensity(
     keys: KeysCollection = "image",
     encoding: str = "hu",
     window: str | Sequence[float] = "full",
+    in_channels: int = 1,
+) -> Compose:
+    """Stored intensities (``encoding``) to [0, 1], then ``in_channels`` channels: a HU window, the division
+    of 8-bit images by 255, or ``window="minmax"``, per-image min-max scaling (the reference study's
+    preprocessing, which gives up the HU scale). A HU window is ignored for ``uint8``, whose images carry no HU."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if window == "minmax":
+        steps: list[Transform] = [ScaleIntensityd(keys, minv=0.0, maxv=1.0)]
+    elif encoding == "uint8":
+        steps = [ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)]
+    else:
+        steps = [HUWindowd(keys, window, offset=-PNG_HU_OFFSET if encoding == "hu16" else 0.0)]
+    if in_channels == 3:
+        steps.append(RepeatChanneld(keys, repeats=3))
+    return Compose(steps)
+
+
+def ct_loading(
+    keys: KeysCollection = "image",
+    encoding: str = "hu",
+    window: str | Sequence[float] | None = "full",
     in_channels: int = 1,
     load: bool = True,
     volume: bool = False,
@@ -120,8 +144,7 @@ def ct_loading(
 
     Args:
         encoding: one of :data:`ENCODINGS`.
-        window: HU window, or ``minmax`` for per-image min-max scaling (the reference study's preprocessing,
-            for any encoding); a HU window is ignored for ``uint8``, whose images carry no HU (divided by 255).
+        window: see :func:`ct_intensity`; ``None`` keeps the stored values (HU for ``hu``) in one channel.
             8-bit files of any colour layout become one grey channel (:class:`GreyChanneld`) first.
         in_channels: 1, or 3 to replicate the channel (the paper's ImageNet-shaped input).
         load: read files; ``False`` for samples that already hold arrays (MedMNIST).
@@ -130,8 +153,6 @@ def ct_loading(
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
-    if in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
     steps: list[Transform] = []
     if load:
         steps.append(LoadImaged(keys, image_only=True, reader="PILReader" if encoding != "hu" else None))
@@ -142,12 +163,6 @@ def ct_loading(
     steps.append(EnsureTyped(keys, dtype="float32", track_meta=volume))
     if encoding == "uint8" and load:
         steps.append(GreyChanneld(keys))
-    if window == "minmax":  # the reference study's per-image scaling, which gives up the HU scale
-        steps.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0))
-    elif encoding == "uint8":
-        steps.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
-    else:
-        steps.append(HUWindowd(keys, window, offset=-PNG_HU_OFFSET if encoding == "hu16" else 0.0))
-    if in_channels == 3:
-        steps.append(RepeatChanneld(keys, repeats=3))
+    if window is not None:
+        steps.extend(ct_intensity(keys, encoding, window, in_channels).transforms)
     return Compose(steps)

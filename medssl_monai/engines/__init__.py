@@ -2,7 +2,7 @@
 
 from medssl_monai.engines.checkpoint import CheckpointWriter, ResumeFromCheckpoint, latest_checkpoint, load_checkpoint
 from medssl_monai.engines.identity import RunIdentity, RunMismatchError, file_sha256, fingerprint
-from medssl_monai.engines.schedules import IterationSchedule, build_optimizer, cosine, param_groups
+from medssl_monai.engines.schedules import IterationSchedule, build_optimizer, cosine, param_groups, train_epochs
 from medssl_monai.engines.trainer import RNGState, SelfSupervisedTrainer
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "param_groups",
+    "train_epochs",
 ]

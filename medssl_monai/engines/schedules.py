@@ -15,7 +15,18 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-__all__ = ["param_groups", "build_optimizer", "cosine", "IterationSchedule"]
+__all__ = ["param_groups", "build_optimizer", "cosine", "train_epochs", "IterationSchedule"]
+
+
+def train_epochs(max_epochs: int, max_steps: int | None, epoch_length: int) -> int:
+    """Epochs a run trains: ``max_epochs``, or ``max_steps`` optimiser steps rounded up to whole epochs (a
+    length given in steps, as BYOL's 300k, on data whose epoch is ``epoch_length`` steps)."""
+    if max_steps is None:
+        return int(max_epochs)
+    if int(max_steps) < 1 or epoch_length < 1:
+        raise ValueError(f"max_steps must be positive and an epoch non-empty, got {max_steps} steps, "
+                         f"{epoch_length} per epoch")
+    return math.ceil(int(max_steps) / epoch_length)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

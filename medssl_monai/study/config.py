@@ -52,14 +52,21 @@ PRESETS: dict[str, dict] = {
         # hold the rest (optimisers, betas, clipping, weight decay, mask ratio, heads, queue, momentum, tau,
         # prototypes, Sinkhorn, augmentations). Deliberately better than the authors: HU windows ("full", no
         # per-slice min-max) in pre-training, and a backbone that really freezes (docs/paper_deviations.md).
-        "pretrain": {"dataset_dir": "/data/lidc_nifti", "overrides": {"image_size": 224, "in_channels": 3,
-                                                                       "num_workers": 8, "amp": True},
+        # LIDC-IDRI's 250,000 slices stream from a slice store on disk (about 131 GB), not from memory.
+        "pretrain": {"dataset_dir": "/data/lidc_nifti",
+                     "overrides": {"image_size": 224, "in_channels": 3, "num_workers": 8, "amp": True,
+                                   "cache": "disk", "cache_dir": "/data/lidc_slice_store"},
                      "spark": {"batch_size": 32, "max_epochs": 1600, "base_lr": 2e-4, "warmup_epochs": 40},
                      "moco": {"batch_size": 128, "max_epochs": 800, "base_lr": 0.03, "temperature": 0.07,
                               "queue_size": 65536, "momentum": 0.999},
-                     "byol": {"batch_size": 64, "base_lr": 0.004, "warmup_epochs": 10, "tau": [0.996, 1.0]},
+                     # 300k steps, rounded up to whole epochs
+                     "byol": {"batch_size": 64, "max_steps": 300000, "base_lr": 0.004, "warmup_epochs": 10,
+                              "tau": [0.996, 1.0]},
+                     # prototypes frozen for the first epoch (Lightning Bolts' SwAV, whose checkpoint layout the
+                     # authors' release has)
                      "swav": {"batch_size": 128, "max_epochs": 800, "base_lr": 0.3, "warmup_epochs": 10,
-                              "local_size": 96, "num_prototypes": 500, "temperature": 0.1}},
+                              "local_size": 96, "num_prototypes": 500, "temperature": 0.1,
+                              "freeze_prototypes_iterations": "$len(@train#dataloader)"}},
         "finetune": {"overrides": {"max_epochs": 70, "freeze_epochs": 10, "batch_size": 64, "image_size": 224,
                                    "in_channels": 3, "backbone": "resnet50", "lr": 1e-4, "weight_decay": 5e-4,
                                    "num_workers": 8, "amp": True}},
