@@ -68,6 +68,25 @@ def test_checkpoint_is_written_after_validation_with_the_best_score(trained):
     assert trainer["iteration"] == trainer["epoch_length"] and state["best"] == {"best": pytest.approx(logged, abs=1e-4), "best_epoch": 1}
 
 
+def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(trained, tmp_path):
+    """Killed right after epoch 1's validation and resumed: the same weights, best epoch and test report as one
+    run straight through (epoch order and augmentation are functions of seed and epoch, not of the process)."""
+    out, args, _, _ = trained
+    straight = [str(tmp_path / a[len(str(out)) + 1:]) if a.startswith(str(out) + "/") and a != str(out / "encoder.pt")
+                else a for a in args]
+    result = _run(*straight)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = torch.load(out / "models" / "model.pt", weights_only=True)
+    uninterrupted = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    def report(folder):  # the metrics, without the paths that name the folder
+        metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+        return {k: v for k, v in metrics.items() if k not in ("identity", "checkpoint")}
+
+    assert report(out) == report(tmp_path)
+
+
 def test_a_different_run_in_the_same_folder_is_refused(trained, tmp_path):
     from medssl_monai.engines.export import save_encoder
     from medssl_monai.networks import resnet

@@ -8,7 +8,7 @@ from medssl_monai.data.downstream import (
     stratified_subset,
     table_datalist,
 )
-from medssl_monai.data.sampling import ResumableSampler
+from medssl_monai.data.sampling import ResumableSampler, SeededDataset
 from medssl_monai.data.views import MultiViewd, ct_augmentation
 from medssl_monai.data.transforms import HU_WINDOWS, FiniteCheckd, HUWindowd, ct_loading, resolve_window
 
@@ -19,6 +19,7 @@ __all__ = [
     "MultiViewd",
     "HU_WINDOWS",
     "ResumableSampler",
+    "SeededDataset",
     "cached_dataset",
     "class_folder_datalist",
     "ct_augmentation",

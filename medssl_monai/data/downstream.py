@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from monai.data import Dataset
-from monai.transforms import Compose
 
 from medssl_monai.data.datasets import cached_dataset
+from medssl_monai.data.sampling import SeededDataset
 from medssl_monai.data.transforms import ct_loading
 
 __all__ = ["SPLITS", "class_folder_datalist", "medmnist_datalist", "table_datalist", "stratified_subset",
@@ -165,8 +165,9 @@ def downstream_dataset(
     seed: int = 0,
     patient_pattern: str | None = None,
     **layout_args,
-) -> Dataset:
-    """A cached MONAI dataset of one split of a labelled set.
+) -> Dataset | SeededDataset:
+    """One split of a labelled set: a cached MONAI dataset of the loaded images, with ``transform`` applied on
+    each read (:class:`~medssl_monai.data.sampling.SeededDataset`: seeded per sample by a ResumableSampler).
 
     Args:
         layout: ``class_folders``, ``medmnist`` or ``table`` (CSV/JSON); ``layout_args`` go to its function.
@@ -196,5 +197,5 @@ def downstream_dataset(
                 raise ValueError(f"{sample['image']}: the file name has no patient id matching {patient_pattern!r}")
             sample["patient"] = found.group(1) if found.groups() else found.group(0)
     data = stratified_subset(data, label_fraction, seed)
-    loading = ct_loading("image", encoding, window, in_channels, load=load)
-    return cached_dataset(data, loading if transform is None else Compose([loading, transform]), cache, cache_dir)
+    cached = cached_dataset(data, ct_loading("image", encoding, window, in_channels, load=load), cache, cache_dir)
+    return cached if transform is None else SeededDataset(cached, transform)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler", "seeded"]
+__all__ = ["ResumableSampler", "SeededDataset", "seeded"]
 
 
 def seeded(seed: int | None, transform, sample: dict) -> dict:
@@ -45,7 +45,8 @@ class ResumableSampler(Sampler):
         rank: this process's rank (default: the current rank).
 
     As with torch's ``DistributedSampler``, the epoch is padded by repeating samples so that every rank gets
-    the same number. The trainer calls :meth:`set_epoch` and, when it resumes mid-epoch, :meth:`skip`.
+    the same number. :meth:`attach` makes an ignite engine call :meth:`set_epoch` at each epoch and, when it
+    resumes mid-epoch, :meth:`skip`; as a handler in a bundle's handler list it does that for any trainer.
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None,
@@ -59,6 +60,18 @@ class ResumableSampler(Sampler):
             raise ValueError(f"rank {self.rank} is outside 0..{self.num_replicas - 1}")
         self.per_rank = -(-self.size // self.num_replicas)  # ceil
         self.epoch, self._skip = 1, 0
+
+    def attach(self, engine) -> None:
+        """Position this sampler at the start of every epoch of ``engine`` (an ignite engine over it)."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._position)
+
+    def _position(self, engine) -> None:
+        state = engine.state
+        self.set_epoch(state.epoch)
+        done = state.iteration - (state.epoch - 1) * state.epoch_length  # > 0 only when resuming mid-epoch
+        self.skip(done * engine.data_loader.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order of ``epoch`` for the next iteration over this sampler."""
@@ -80,3 +93,25 @@ class ResumableSampler(Sampler):
         start, self._skip = self._skip, 0
         for i in mine[start:].tolist():
             yield i, int(sample_seeds[i])
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """``transform`` (random augmentation) over the samples of ``dataset`` (deterministic, cached), seeded per
+    sample when the sampler yields ``(index, sample_seed)`` (:class:`ResumableSampler`), as drawn otherwise.
+
+    ``data`` is the wrapped dataset's list of samples, as on MONAI datasets.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    @property
+    def data(self) -> list:
+        return self.dataset.data
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        return seeded(seed, self.transform, self.dataset[i])

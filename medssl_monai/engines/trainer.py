@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from ignite.engine import Events
 from monai.engines import Trainer
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
@@ -108,8 +107,8 @@ class SelfSupervisedTrainer(Trainer):
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp and self.autocast_dtype == torch.float16)
         self.rng = RNGState()
-        if hasattr(getattr(train_data_loader, "sampler", None), "skip"):
-            self.add_event_handler(Events.EPOCH_STARTED, self._position_sampler)
+        if hasattr(getattr(train_data_loader, "sampler", None), "attach"):  # a ResumableSampler
+            train_data_loader.sampler.attach(self)
         if schedule is not None:
             schedule.attach(self)
         if train_handlers:
@@ -118,14 +117,6 @@ class SelfSupervisedTrainer(Trainer):
     def add_handlers(self, handlers: Sequence) -> None:
         """Attach handlers that need the trainer itself (its RNG state, its scaler), after construction."""
         self._register_handlers(handlers)
-
-    def _position_sampler(self, engine: SelfSupervisedTrainer) -> None:
-        """Give a :class:`~medssl_monai.data.ResumableSampler` the epoch, and the batches a resumed run has done."""
-        state = engine.state
-        sampler = self.data_loader.sampler
-        sampler.set_epoch(state.epoch)
-        done = state.iteration - (state.epoch - 1) * state.epoch_length  # > 0 only when resuming mid-epoch
-        sampler.skip(done * self.data_loader.batch_size)
 
     def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict) -> dict:
         inputs = batchdata[self.image_key]  # (B, C, H, W), or a list of views for the joint-embedding methods
