@@ -32,14 +32,13 @@ def bundle_root(name: str) -> str:
 
 def demo_data_dir(generate: bool = True) -> str:
     """``data/demo`` of this checkout (``~/.cache/medssl-monai/demo`` for a non-editable install), generated with
-    the default settings on first use."""
+    the default settings on first use, and again when it was made by another version of the generator."""
     root = _SOURCE_ROOT / "data" / "demo" if (_SOURCE_ROOT / "bundles").is_dir() else \
         Path.home() / ".cache" / "medssl-monai" / "demo"
-    if generate and not (root / "README.md").is_file():  # written last: a complete collection
-        from medssl_monai.data.demo import make_demo_data
+    if generate:
+        from medssl_monai.data.demo import ensure_demo_data
 
-        logger.info(f"demo data missing: generating it in {root} (about 30 s)")
-        make_demo_data(root)
+        ensure_demo_data(root)
     return str(root)
 
 

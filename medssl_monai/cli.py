@@ -12,16 +12,9 @@ __all__ = ["main"]
 def _demo_data(args: argparse.Namespace) -> int:
     from medssl_monai.data.demo import make_demo_data
 
-    out = make_demo_data(
-        args.out,
-        seed=args.seed,
-        patients=args.patients,
-        size=args.size,
-        slices=args.slices,
-        covid_images=args.covid_images,
-        organ_patches=args.organ_patches,
-        workers=args.workers,
-    )
+    sizes = ("patients", "size", "slices", "covid_images", "organ_patches", "dicom_patients")
+    given = {k: getattr(args, k) for k in sizes if getattr(args, k) is not None}
+    out = make_demo_data(args.out, seed=args.seed, workers=args.workers, **given)
     print(f"demo data written to {out}")
     return 0
 
@@ -104,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-data", help="generate the synthetic chest-CT demo collection")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--patients", type=int, default=6, help="pre-training CT scans")
-    p.add_argument("--size", type=int, default=256, help="in-plane matrix size in pixels")
-    p.add_argument("--slices", type=int, default=40, help="axial slices per scan")
-    p.add_argument("--covid-images", type=int, default=160, help="images in the binary COVID-CT-like set")
-    p.add_argument("--organ-patches", type=int, default=770, help="28x28 patches in the OrganSMNIST-like set")
+    for name, text in (("patients", "pre-training CT scans"), ("size", "in-plane matrix size in pixels"),
+                       ("slices", "axial slices per scan"), ("covid-images", "images in the binary COVID-CT-like set"),
+                       ("organ-patches", "28x28 patches in the OrganSMNIST-like set"),
+                       ("dicom-patients", "scans also written as DICOM")):
+        p.add_argument(f"--{name}", type=int, default=None, help=f"{text} (default: make_demo_data's)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=_demo_data)
 

@@ -210,6 +210,21 @@ def test_demo_organ_patches_are_split_by_patient(demo_dir):
     assert all(len(organ[f"{s}_patients"]) == len(organ[f"{s}_labels"]) for s in patients)
 
 
+def test_demo_data_is_generated_again_only_when_its_generator_or_sizes_changed(tmp_path):
+    from medssl_monai.data.demo import DEMO_VERSION, ensure_demo_data
+
+    sizes = {"seed": 4, "patients": 1, "size": 48, "slices": 3, "covid_images": 4, "organ_patches": 22, "workers": 1}
+    out = ensure_demo_data(tmp_path / "demo", **sizes)
+    marker = json.loads((out / "demo.json").read_text())
+    assert marker["version"] == DEMO_VERSION and marker["patients"] == 1
+    stamp = (out / "demo.json").stat().st_mtime_ns
+    assert ensure_demo_data(out, **sizes) == out and (out / "demo.json").stat().st_mtime_ns == stamp  # kept
+    (out / "stray.txt").write_text("from an older generator")
+    (out / "demo.json").write_text(json.dumps({**marker, "version": DEMO_VERSION - 1}))
+    ensure_demo_data(out, **sizes)
+    assert not (out / "stray.txt").exists() and json.loads((out / "demo.json").read_text())["version"] == DEMO_VERSION
+
+
 def test_demo_data_cli_is_deterministic(tmp_path):
     args = ["--seed", "4", "--patients", "1", "--size", "48", "--slices", "3", "--covid-images", "4",
             "--organ-patches", "22", "--workers", "1"]

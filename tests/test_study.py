@@ -186,7 +186,7 @@ def test_the_paper_plan_holds_the_protocol_and_runs_nothing(tmp_path, capsys):
         overrides = study.pretrain_overrides(method)
         resolved = {key: _resolved(f"{method}_pretrain", overrides, key) for key in row}
         assert _pick(resolved, row) == row, method
-        assert overrides["cache"] == "disk"  # LIDC-IDRI streams from disk
+        assert overrides["cache"] == "disk" and overrides["window"] == "full"  # streamed; HU, no min-max
     for method, (name, shapes) in HEADS.items():
         from monai.bundle import ConfigParser
 

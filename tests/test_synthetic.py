@@ -37,7 +37,8 @@ def test_scan_is_deterministic_and_noisy_values_stay_near_tissue_means():
     assert np.array_equal(a.hu, b.hu) and a.spacing == b.spacing and a.origin == b.origin
     assert not np.array_equal(a.hu, generate_patient(6, size=64, n_slices=6).hu)
     assert a.hu.dtype == np.int16 and a.hu.shape == (6, 64, 64)
-    assert 1.0 <= a.spacing[0] <= 3.0 and 0.6 <= a.spacing[1] == a.spacing[2] <= 0.9
+    assert 1.0 <= a.spacing[0] <= 3.0 and a.spacing[1] == a.spacing[2]
+    assert 317 <= a.spacing[1] * 64 <= 400  # a chest field of view in mm, whatever the matrix
     assert a.hu.min() >= SCANNER_FLOOR_HU
     # away from its borders the lung keeps its HU under noise and blur
     ct = generate_patient(5, size=128, n_slices=4)
@@ -53,3 +54,20 @@ def test_lesions_only_when_asked():
     without = generate_patient(3, size=96, n_slices=12, lesions=False)
     assert (without.tissue == Tissue.GROUND_GLASS).sum() == 0
     assert with_l.has_lesions and not without.has_lesions
+    assert (without.tissue == Tissue.CONSOLIDATION).sum() == 0
+
+
+def _base_slice(seed, lesions):
+    phantom = ChestPhantom(np.random.default_rng(seed), 96, lesions=lesions)
+    return phantom, phantom.render(0.25 * phantom.chest_len)[1]  # (Y, X) tissue of a slice near the bases
+
+
+def test_pneumonia_only_in_the_positive_class_and_atelectasis_in_both():
+    """Atelectasis is a dense posterior band that is not the target: it must occur whatever the label."""
+    for lesions in (False, True):
+        slices = [_base_slice(seed, lesions) for seed in range(16)]
+        assert any((tissue == Tissue.ATELECTASIS).any() for _, tissue in slices), lesions
+        pneumonia = [np.isin(tissue, [Tissue.GROUND_GLASS, Tissue.CONSOLIDATION]).any() for _, tissue in slices]
+        assert any(pneumonia) if lesions else not any(pneumonia)
+    consolidated = [tissue for phantom, tissue in (_base_slice(s, True) for s in range(16)) if phantom.consolidation]
+    assert any((tissue == Tissue.CONSOLIDATION).any() for tissue in consolidated)

@@ -2,10 +2,11 @@
 
 ``make_demo_data`` writes, deterministically from one seed:
 
-- ``dicom/``: a LIDC-IDRI-like tree ``<patient>/<study>/<series>/1-NNN.dcm`` of CT series (three stored-value
-  encodings across patients) and one DX radiograph series that CT preparation must skip;
-- ``nifti/<patient>.nii.gz``: the generator's own HU volumes (what ``prepare-dicom`` must reproduce), with
-  ``datalist.json`` listing them for pre-training (patient-level train/validation split);
+- ``nifti/<patient>.nii.gz``: the unlabelled pre-training pool, the generator's own HU volumes, with
+  ``datalist.json`` listing them (patient-level train/validation split);
+- ``dicom/``: the first of those scans again as a LIDC-IDRI-like tree ``<patient>/<study>/<series>/1-NNN.dcm``
+  (three stored-value encodings across patients; what ``prepare-dicom`` must turn back into the NIfTI volumes)
+  and one DX radiograph series that CT preparation must skip;
 - ``covid_ct/``: binary slice classification in the UCSD COVID-CT layout (a folder per class and split files);
 - ``organ_mnist.npz``: 28 x 28 organ and tissue patches in the MedMNIST layout, 11 classes like OrganSMNIST.
 
@@ -14,7 +15,11 @@ How labels are made is in ``LABELS``, also written to ``README.md`` in the outpu
 
 from __future__ import annotations
 
+import inspect
+import json
+import logging
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -28,7 +33,11 @@ from medssl_monai.data.synthetic import ChestPhantom, Scanner, Tissue, generate_
 from medssl_monai.data.transforms import PNG_HU_OFFSET
 from medssl_monai.utils import atomic_path, write_json
 
-__all__ = ["make_demo_data", "ORGAN_CLASSES", "COVID_CLASSES", "ORGAN_WINDOW"]
+__all__ = ["make_demo_data", "ensure_demo_data", "DEMO_VERSION", "ORGAN_CLASSES", "COVID_CLASSES", "ORGAN_WINDOW"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_VERSION = 2  # of the generator's output: 2 = learnable COVID-like task, 5,376-slice pool, 128 px
 
 ORGAN_WINDOW = (-1000.0, 1000.0)  # HU range mapped to 0..255 in the organ patches
 COVID_CLASSES = ("NonCOVID", "COVID")  # label 0, label 1
@@ -36,16 +45,24 @@ ORGAN_CLASSES = (
     "heart", "aorta", "vertebra", "rib", "sternum", "airway", "lung", "pulmonary_vessel", "muscle", "fat", "liver",
 )  # fmt: skip
 ENCODINGS = ("unsigned", "padded", "signed")
+LUNG_TISSUES = [Tissue.LUNG, Tissue.GROUND_GLASS, Tissue.CONSOLIDATION, Tissue.ATELECTASIS, Tissue.VESSEL,
+                Tissue.NODULE]
+# the public COVID-CT set's split: 425 / 118 / 203 images
+COVID_SPLIT = (118 / 746, 203 / 746)
 
 LABELS = """\
 ## How the labels are made
 
 **covid_ct** (binary, label 1 = `COVID`): each image is one axial slice, taken between 15% and 85% of the
-chest's height, of its own synthetic patient (two images per patient, both in one split). Patients of class
-`COVID` carry ground-glass opacities: patches of -600..-300 HU in the outer lung, shaped by a smooth random
-field, covering at least 1% of the lung in the slice. Both classes have the same anatomy, the same random
-solid nodules (0 to 2 per patient), dependent lung density, noise and blur, so neither mean intensity nor
-body size separates the classes: the model has to find the texture in the lung periphery.
+chest's height, of its own synthetic patient (two images per patient, both in one split; 424 / 118 / 204
+images by default, like the public COVID-CT set's 425 / 118 / 203). Patients of class `COVID` have
+COVID-19-like pneumonia: ground-glass opacities (-600..-300 HU, textured) in the outer 20% of the lung, more
+often posterior, shaped by a smooth random field whose threshold sets a per-patient extent from mild to
+extensive, and in 40% of them consolidation (-100..40 HU) in the densest parts; a positive slice shows
+pneumonia in at least 5% of its lung. Both classes share everything else: anatomy, 0 to 2 solid nodules,
+dependent atelectasis at the bases (-250..-50 HU, a posterior subpleural band, in about a third of the
+patients), dependent lung density, noise and blur, so neither mean intensity nor body size separates the
+classes, and a dense posterior band is not the finding: the model has to learn peripheral ground glass.
 
 **organ_mnist.npz** (11 classes, MedMNIST layout): 28 x 28 patches centred (jitter +-3 pixels) on a random
 pixel of one structure, with a random field of view (18-30% of the scan's), HU window -1000..1000 to 0..255.
@@ -62,14 +79,17 @@ def _png16(path: Path, hu: np.ndarray) -> None:
         Image.fromarray(np.clip(hu.astype(np.int32) + PNG_HU_OFFSET, 0, 65535).astype(np.uint16)).save(tmp, format="PNG")
 
 
-def _patient(args: tuple[Path, np.random.SeedSequence, int, int, int]) -> dict:
-    """Generate patient ``index``: its NIfTI volume and its DICOM series (and a radiograph for patient 0)."""
-    out, seed, index, size, n_slices = args
+def _patient(args: tuple[Path, np.random.SeedSequence, int, int, int, bool]) -> dict:
+    """Generate patient ``index``: its NIfTI volume and, with ``with_dicom``, its DICOM series (and a
+    radiograph for patient 0)."""
+    out, seed, index, size, n_slices, with_dicom = args
     pid = f"DEMO-{index:04d}"
     ct = generate_patient(seed, size=size, n_slices=n_slices)
     affine = lps_affine((1, 0, 0, 0, 1, 0), ct.origin, ct.spacing)
     nifti = out / "nifti" / f"{pid}.nii.gz"
     write_ct_nifti(nifti, ct.hu, affine)
+    if not with_dicom:
+        return {"image": os.path.relpath(nifti, out), "patient": pid, "lesions": ct.has_lesions}
     study = dicom.uid_from(seed.entropy, index, "study")
     series = dicom.uid_from(seed.entropy, index, "series")
     study_dir = out / "dicom" / pid / f"01-01-2000-NA-CT CHEST-{index + 1:05d}"
@@ -97,9 +117,9 @@ def _covid_pair(args: tuple[np.random.SeedSequence, int, bool]) -> list[np.ndarr
         for _ in range(20):
             t = rng.uniform(0.15, 0.85)
             hu, tissue, _ = scanner.acquire(phantom, t * phantom.chest_len)
-            lung = np.isin(tissue, [Tissue.LUNG, Tissue.GROUND_GLASS, Tissue.VESSEL, Tissue.NODULE]).sum()
-            ggo = (tissue == Tissue.GROUND_GLASS).sum()
-            if lung > 0.02 * size**2 and (not positive or ggo > 0.01 * lung):
+            lung = np.isin(tissue, LUNG_TISSUES).sum()
+            pneumonia = np.isin(tissue, [Tissue.GROUND_GLASS, Tissue.CONSOLIDATION]).sum()
+            if lung > 0.02 * size**2 and (not positive or pneumonia > 0.05 * lung):
                 slices.append(hu)
                 if len(slices) == 2:
                     break
@@ -149,41 +169,49 @@ def _split(n: int, fractions: tuple[float, float], rng: np.random.Generator) -> 
 def make_demo_data(
     out: str | os.PathLike,
     seed: int = 0,
-    patients: int = 6,
-    size: int = 256,
-    slices: int = 40,
-    covid_images: int = 160,
+    patients: int = 112,
+    size: int = 128,
+    slices: int = 48,
+    covid_images: int = 746,
     organ_patches: int = 770,
+    dicom_patients: int = 6,
     workers: int | None = None,
 ) -> Path:
     """Write the demo collection to ``out`` (see the module docstring) and return its path.
 
     Args:
         seed: everything is derived from it; the same seed and sizes give identical files.
-        patients: number of pre-training CT scans (DICOM and NIfTI).
+        patients: number of pre-training CT scans (NIfTI): the unlabelled pool, ``patients x slices`` slices
+            (5,376 by default; the 4,320 of its training split are over ten times the 424 labelled
+            training images), findings present but unlabelled.
         size: in-plane matrix of every image (pixels); the organ patches are always 28 x 28.
         slices: axial slices per pre-training scan.
-        covid_images: images in the binary set (two per synthetic patient, half of the patients positive).
+        covid_images: images in the binary set (two per synthetic patient, half of the patients positive), split
+            by patient like the public COVID-CT set (425 / 118 / 203 of 746).
         organ_patches: patches in the organ set, balanced over the 11 classes, its patients split 60/10/30.
+        dicom_patients: the first scans also written as DICOM series (for ``prepare-dicom``).
         workers: processes used; all cores by default.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(seed)
     ss_patients, ss_covid, ss_organ, ss_split = root.spawn(4)
-    rng = np.random.default_rng(ss_split)
+    # one stream per part, so that the size of one part never changes the splits of another
+    pool_rng, covid_rng, organ_rng = (np.random.default_rng(s) for s in ss_split.spawn(3))
     n_pairs = max(2, covid_images // 2)
     n_organ_sources = max(3, int(np.ceil(organ_patches / 40)))  # patients: at least one per split
     per_class = 2 * int(np.ceil(organ_patches / len(ORGAN_CLASSES) / n_organ_sources))
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        volumes = pool.map(_patient, [(out, s, i, size, slices) for i, s in enumerate(ss_patients.spawn(patients))])
-        positive = rng.permutation(np.arange(n_pairs) % 2 == 1)
+        volumes = pool.map(_patient, [(out, s, i, size, slices, i < dicom_patients)
+                                      for i, s in enumerate(ss_patients.spawn(patients))])
+        positive = covid_rng.permutation(np.arange(n_pairs) % 2 == 1)
         pairs = pool.map(_covid_pair, [(s, size, bool(p)) for s, p in zip(ss_covid.spawn(n_pairs), positive)])
-        organs = pool.map(_organ_patches, [(s, size, per_class) for s in ss_organ.spawn(n_organ_sources)])
+        # organ patches are cut from scans of at least 256 px, then shrunk to 28 x 28 (as MedMNIST's from CT)
+        organs = pool.map(_organ_patches, [(s, max(size, 256), per_class) for s in ss_organ.spawn(n_organ_sources)])
         volumes, pairs, organs = list(volumes), list(pairs), list(organs)
 
     # pre-training datalist: patient-level split
-    val = set(rng.permutation(len(volumes))[: max(1, round(0.2 * len(volumes)))]) if len(volumes) > 1 else set()
+    val = set(pool_rng.permutation(len(volumes))[: max(1, round(0.2 * len(volumes)))]) if len(volumes) > 1 else set()
     write_json(
         out / "datalist.json",
         {
@@ -195,7 +223,7 @@ def make_demo_data(
     # COVID-CT layout: Images-processed/CT_<class>/*.png and Data-split/<class>/<split>CT_<class>.txt
     covid = out / "covid_ct"
     lists: dict[tuple[str, str], list[str]] = {(c, s): [] for c in COVID_CLASSES for s in ("train", "val", "test")}
-    for j, (pair, split, pos) in enumerate(zip(pairs, _split(n_pairs, (0.15, 0.25), rng), positive)):
+    for j, (pair, split, pos) in enumerate(zip(pairs, _split(n_pairs, COVID_SPLIT, covid_rng), positive)):
         cls = COVID_CLASSES[int(pos)]
         for k, hu in enumerate(pair):
             name = f"demo_{j:04d}_{k}.png"
@@ -209,24 +237,45 @@ def make_demo_data(
     # patient of each patch (N,); split by patient, so that no patient's neighbouring patches are in two splits
     images = np.concatenate([o[0] for o in organs])
     labels = np.concatenate([o[1] for o in organs])
-    patients = np.concatenate([np.full(len(o[1]), i) for i, o in enumerate(organs)])
+    patch_patients = np.concatenate([np.full(len(o[1]), i) for i, o in enumerate(organs)])
     per_label = organ_patches // len(ORGAN_CLASSES)
-    keep = np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:per_label] for c in range(len(ORGAN_CLASSES))])
-    keep = rng.permutation(keep)
-    patient_split = np.array(_split(len(organs), (0.1, 0.3), rng))
-    splits = patient_split[patients[keep]]
+    keep = np.concatenate([organ_rng.permutation(np.nonzero(labels == c)[0])[:per_label]
+                           for c in range(len(ORGAN_CLASSES))])
+    keep = organ_rng.permutation(keep)
+    patient_split = np.array(_split(len(organs), (0.1, 0.3), organ_rng))
+    splits = patient_split[patch_patients[keep]]
     arrays = {}
     for split in ("train", "val", "test"):
         idx = keep[splits == split]
         arrays[f"{split}_images"] = images[idx]
         arrays[f"{split}_labels"] = labels[idx, None]
-        arrays[f"{split}_patients"] = patients[idx]
+        arrays[f"{split}_patients"] = patch_patients[idx]
     with atomic_path(out / "organ_mnist.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
 
     (out / "README.md").write_text(
-        f"# medssl-monai demo data (seed {seed})\n\nGenerated by `medssl-monai demo-data`; see "
-        f"medssl_monai/data/demo.py.\n\n{LABELS}"
+        f"# medssl-monai demo data (seed {seed}, generator version {DEMO_VERSION})\n\nGenerated by "
+        f"`medssl-monai demo-data`; see medssl_monai/data/demo.py.\n\n{LABELS}"
     )
+    # written last: a complete collection, and what made it
+    write_json(out / "demo.json", {"version": DEMO_VERSION, "seed": seed, "patients": patients, "size": size,
+                                   "slices": slices, "covid_images": covid_images, "organ_patches": organ_patches,
+                                   "dicom_patients": dicom_patients})
     return out
+
+
+def ensure_demo_data(out: str | os.PathLike, **sizes) -> Path:
+    """``out`` as :func:`make_demo_data` would write it now with ``sizes``: kept when its ``demo.json`` says so,
+    else removed and generated again (missing, half-written, or made by another generator version)."""
+    out = Path(out)
+    marker = out / "demo.json"
+    found = json.loads(marker.read_text()) if marker.is_file() else {}
+    defaults = {k: p.default for k, p in inspect.signature(make_demo_data).parameters.items() if k != "out"}
+    wanted = {k: v for k, v in {**defaults, **sizes}.items() if k != "workers"}
+    if found.get("version") == DEMO_VERSION and all(found.get(k) == v for k, v in wanted.items()):
+        return out
+    state = "missing" if not out.exists() else f"of generator version {found.get('version')} or other sizes"
+    logger.info(f"demo data {state}: generating version {DEMO_VERSION} in {out} (about a minute on 2 cores)")
+    shutil.rmtree(out, ignore_errors=True)
+    return make_demo_data(out, **sizes)

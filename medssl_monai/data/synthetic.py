@@ -45,6 +45,8 @@ class Tissue(IntEnum):
     GROUND_GLASS = 15
     NODULE = 16
     OUTSIDE_FOV = 17
+    CONSOLIDATION = 18
+    ATELECTASIS = 19
 
 
 # Noise-free HU range of each tissue, as in real CT. The phantom draws every tissue's values inside its range.
@@ -67,6 +69,8 @@ TISSUE_HU: dict[Tissue, tuple[float, float]] = {
     Tissue.GROUND_GLASS: (-600, -300),
     Tissue.NODULE: (20, 60),
     Tissue.OUTSIDE_FOV: (SCANNER_FLOOR_HU, SCANNER_FLOOR_HU),
+    Tissue.CONSOLIDATION: (-100, 40),
+    Tissue.ATELECTASIS: (-250, -50),
 }
 
 
@@ -94,6 +98,11 @@ class _Tubes:
         starts = np.concatenate([line[:-1] for line, _ in polylines])  # (S, 3)
         ends = np.concatenate([line[1:] for line, _ in polylines])
         seg_radii = np.concatenate([np.full(len(line) - 1, r) for line, r in polylines])
+        return _Tubes.from_segments(starts, ends, seg_radii, step)
+
+    @staticmethod
+    def from_segments(starts: np.ndarray, ends: np.ndarray, seg_radii: np.ndarray, step: float) -> "_Tubes":
+        """Sample segments ``starts`` -> ``ends`` (S, 3) of radii (S,) at most ``step`` apart."""
         counts = np.maximum(2, np.ceil(np.linalg.norm(ends - starts, axis=1) / step).astype(int) + 1)
         seg = np.repeat(np.arange(len(starts)), counts)
         first = np.repeat(np.cumsum(counts) - counts, counts)
@@ -107,7 +116,11 @@ class ChestPhantom:
     Args:
         rng: source of every random choice; the same generator state gives the same patient.
         size: matrix size in pixels (square slices).
-        lesions: whether the lungs carry ground-glass opacities (the positive class of the demo task).
+        lesions: whether the lungs carry COVID-19-like pneumonia (the positive class of the demo task):
+            ground-glass opacities in the periphery, more posterior, of a per-patient extent from mild to
+            extensive, with consolidation in their densest parts for some patients. Whatever ``lesions``, some
+            patients have dependent atelectasis (a dense posterior subpleural band at the bases) and 0-2 solid
+            nodules: findings that are not the target and must not be taken for it.
     """
 
     def __init__(self, rng: np.random.Generator, size: int, lesions: bool = False) -> None:
@@ -141,7 +154,9 @@ class ChestPhantom:
         self.airways = self._airways()
         self.nodules = [(self._random_lung_point(), u(0.015, 0.04)) for _ in range(int(rng.integers(0, 3)))]
         self.ggo_field = self._smooth_field(4.0)
-        self.ggo_level = u(0.55, 0.75)
+        self.ggo_level = u(-0.5, 0.6)  # threshold of the unit-variance field: extent ~70 % to ~27 % of the band
+        self.consolidation = bool(rng.random() < 0.4)
+        self.atelectasis = u(0.0, 0.035) if rng.random() < 0.35 else 0.0  # band thickness (normalised), or none
         self.texture = self._smooth_field(1.5)
 
     # --- geometry helpers (normalised units) -------------------------------------------------------------
@@ -184,28 +199,31 @@ class ChestPhantom:
         return out / np.sqrt((amps**2).sum() / 2)
 
     def _vessel_tree(self) -> _Tubes:
-        """Pulmonary vessels: a branching tree per lung, rooted at the hilum."""
-        lines = []
+        """Pulmonary vessels: a branching tree per lung, rooted at the hilum, grown one generation at a time."""
+        starts, ends, radii = [], [], []
         for side in (-1, 1):
             cx, cy = self._lung_centre(side)
             root = np.array([cx - side * 0.25 * self.lung_ax, cy - 0.05, 0.45 * self.chest_len])
-            # one trunk per direction from the hilum, upwards to downwards
-            stack = [(root, np.array([side * 0.6, 0.0, dz]), 0.14, 0.03, 0) for dz in (0.9, 0.4, 0.0, -0.4, -0.9)]
-            while stack:
-                start, direction, length, radius, gen = stack.pop()
-                t = self._t(start[2])
-                ax, ay = self._lung_axes(t)
-                inward = np.zeros(3)
-                if ax > 0:
-                    inward[:2] = [(cx - start[0]) / ax, (cy - start[1]) / ay]
-                direction = direction + self.rng.normal(0, 0.5, 3) + 0.6 * inward
-                direction /= np.linalg.norm(direction)
+            # one trunk per direction from the hilum, upwards to downwards; each branch splits in two
+            direction = np.array([[side * 0.6, 0.0, dz] for dz in (0.9, 0.4, 0.0, -0.4, -0.9)])  # (B, 3)
+            start = np.repeat(root[None], len(direction), axis=0)
+            length, radius = 0.14, 0.03
+            for _ in range(9):
+                ax, ay = self._lung_axes(self._t(start[:, 2]))  # (B,) each
+                inward = np.zeros_like(start)
+                inside = ax > 0
+                inward[inside, 0] = (cx - start[inside, 0]) / ax[inside]
+                inward[inside, 1] = (cy - start[inside, 1]) / ay[inside]
+                direction = direction + self.rng.normal(0, 0.5, start.shape) + 0.6 * inward
+                direction /= np.linalg.norm(direction, axis=1, keepdims=True)
                 end = start + length * direction
-                lines.append((np.stack([start, end]), radius))
-                if gen < 8:
-                    for _ in range(2):
-                        stack.append((end, direction, length * 0.8, max(radius * 0.78, 0.006), gen + 1))
-        return _Tubes.from_polylines(lines, step=0.5 / self.size)
+                starts.append(start)
+                ends.append(end)
+                radii.append(np.full(len(start), radius))
+                start, direction = np.repeat(end, 2, axis=0), np.repeat(direction, 2, axis=0)
+                length, radius = length * 0.8, max(radius * 0.78, 0.006)
+        return _Tubes.from_segments(np.concatenate(starts), np.concatenate(ends), np.concatenate(radii),
+                                    step=0.5 / self.size)
 
     def _ribs(self) -> _Tubes:
         """Twelve rib pairs hugging the chest wall, sloping down from the spine to the front."""
@@ -318,12 +336,22 @@ class ChestPhantom:
         tissue[lungs] = Tissue.LUNG
         tissue[heart] = Tissue.HEART
 
-        # lesions: ground-glass patches in the lung periphery, nodules anywhere in the lungs
+        # findings: pneumonia in the lung periphery (the target), dependent atelectasis, nodules anywhere
+        edge = ndimage.distance_transform_edt(lungs) if lungs.any() else np.zeros((n, n))
         if self.lesions and lungs.any():
-            periph = lungs & (ndimage.distance_transform_edt(lungs) < 0.12 * n)
-            ggo = np.zeros_like(periph)
-            ggo[periph] = self._eval_field(self.ggo_field, x[periph], y[periph], z) > self.ggo_level * 1.6
+            periph = lungs & (edge < 0.2 * n)
+            posterior = np.clip((y[periph] - self.body_cy) / self.body_b, -1, 1)  # -1 front .. 1 back
+            field = self._eval_field(self.ggo_field, x[periph], y[periph], z) + 0.5 * posterior
+            ggo, dense = np.zeros_like(periph), np.zeros_like(periph)
+            ggo[periph] = field > self.ggo_level
+            dense[periph] = field > self.ggo_level + 1.2
             tissue[ggo] = Tissue.GROUND_GLASS
+            if self.consolidation:
+                tissue[dense] = Tissue.CONSOLIDATION
+        if self.atelectasis and t < 0.45 and lungs.any():
+            _, cy = self._lung_centre(1)
+            band = lungs & (edge < self.atelectasis * n) & (y > cy + 0.2 * self._lung_axes(t)[1])
+            tissue[band] = Tissue.ATELECTASIS
         for centre, radius in self.nodules:
             dz = z - centre[2]
             if abs(dz) < radius:
@@ -390,7 +418,8 @@ class Scanner:
 
     def __init__(self, rng: np.random.Generator, size: int) -> None:
         self.rng = rng
-        self.pixel_mm = float(np.round(rng.uniform(0.6, 0.9), 4))
+        # a chest field of view of 317-400 mm whatever the matrix (0.62-0.78 mm pixels at 512)
+        self.pixel_mm = float(np.round(rng.uniform(0.62, 0.78) * 512 / size, 4))
         self.slice_mm = float(rng.choice([1.0, 1.25, 1.5, 2.0, 2.5, 3.0]))
         self.half_mm = size * self.pixel_mm / 2  # millimetres per normalised unit
         self.noise_sd = rng.uniform(8, 20)

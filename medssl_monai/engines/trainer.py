@@ -31,7 +31,7 @@ def is_main_process() -> bool:
 def check_finite_loss(loss: torch.Tensor | float, epoch: int, iteration: int) -> None:
     """Stop a run whose loss is NaN or infinite, naming where (ignite's ``TerminateOnNan`` would end it as a
     success)."""
-    value = float(loss)
+    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
     if not np.isfinite(value):
         raise FloatingPointError(
             f"loss is {value} at iteration {iteration} (epoch {epoch}): lower the learning rate, check the data for "

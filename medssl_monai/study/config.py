@@ -55,7 +55,7 @@ PRESETS: dict[str, dict] = {
         # LIDC-IDRI's 250,000 slices stream from a slice store on disk (about 131 GB), not from memory.
         "pretrain": {"dataset_dir": "/data/lidc_nifti",
                      "overrides": {"image_size": 224, "in_channels": 3, "num_workers": 8, "amp": True,
-                                   "cache": "disk", "cache_dir": "/data/lidc_slice_store"},
+                                   "window": "full", "cache": "disk", "cache_dir": "/data/lidc_slice_store"},
                      "spark": {"batch_size": 32, "max_epochs": 1600, "base_lr": 2e-4, "warmup_epochs": 40},
                      "moco": {"batch_size": 128, "max_epochs": 800, "base_lr": 0.03, "temperature": 0.07,
                               "queue_size": 65536, "momentum": 0.999},
