@@ -46,7 +46,8 @@ class ResumableSampler(Sampler):
 
     As with torch's ``DistributedSampler``, the epoch is padded by repeating samples so that every rank gets
     the same number. :meth:`attach` makes an ignite engine call :meth:`set_epoch` at each epoch and, when it
-    resumes mid-epoch, :meth:`skip`; as a handler in a bundle's handler list it does that for any trainer.
+    resumes mid-epoch, :meth:`skip`; the pre-training trainer attaches it itself, ct_classification's
+    configs in ``initialize``.
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None,

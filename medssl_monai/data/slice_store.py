@@ -111,10 +111,6 @@ class SliceStore:
     def num_slices(self) -> int:
         return sum(shape[0] for shape, _, _ in self.headers)
 
-    def depth(self, volume: int) -> int:
-        """Number of axial slices of volume ``volume``."""
-        return self.headers[volume][0][0]
-
     def read(self, volume: int, index: int) -> torch.Tensor:
         """Axial slice ``index`` of volume ``volume`` as ``(1, X, Y)`` float32 HU."""
         (depth, x, y), dtype, offset = self.headers[volume]
