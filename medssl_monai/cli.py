@@ -86,7 +86,7 @@ def _study(args: argparse.Namespace) -> int:
     except StudyError as err:
         print(f"error: {err}\n(finished runs are kept; run the same command again to continue)", file=sys.stderr)
         return 1
-    print(f"study written to {args.out}: results.csv, summary.md, auc_vs_fraction.png, robustness.png")
+    print(f"study written to {args.out}: results.csv, summary.md, auc_vs_fraction.png, difference_vs_scratch.png")
     return 0
 
 

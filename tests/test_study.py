@@ -17,9 +17,10 @@ from medssl_monai.study import Study, load_study_config
 def study(demo_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     (root / "study.yaml").write_text(yaml.safe_dump({
-        "preset": "smoke",  # scratch and spark, fractions 1.0 and 0.5, seed 0, ResNet18 at 64 px
+        "preset": "smoke",  # scratch and spark, fractions 1.0 and 0.5, seeds 0 and 1, three protocols, 64 px
         "tasks": {"covid": {"dataset_dir": str(demo_dir / "covid_ct"), "class_names": ["NonCOVID", "COVID"],
-                            "window": "lung", "encoding": "hu16", "layout": "class_folders"}},
+                            "window": "lung", "encoding": "hu16", "layout": "class_folders",
+                            "patient_pattern": "demo_(\\d+)_"}},
         "pretrain": {"dataset_dir": str(demo_dir)},
         "finetune": {"overrides": {"batch_size": 8, "num_workers": 0}},
     }))
@@ -28,52 +29,112 @@ def study(demo_dir, tmp_path_factory):
     return root / "out", config, rows
 
 
+def _run_dir(out, method, protocol, fraction, seed):
+    return out / "runs" / method / "covid" / protocol / f"fraction_{fraction}" / f"seed_{seed}"
+
+
 def test_smoke_study_writes_every_output(study):
     out, config, rows = study
     assert config.pretrain["overrides"]["max_epochs"] == 1 and config.finetune["overrides"]["batch_size"] == 8
-    assert len(rows) == 4 and {r["method"] for r in rows} == {"scratch", "spark"}
-    for name in ("results.csv", "summary.md", "summary.json", "auc_vs_fraction.png", "robustness.png", "study.json"):
+    assert len(rows) == 2 * 3 * 2 * 2 and {r["method"] for r in rows} == {"scratch", "spark"}
+    assert {r["protocol"] for r in rows} == {"finetune", "linear", "knn"}
+    for name in ("results.csv", "summary.md", "summary.json", "auc_vs_fraction.png", "difference_vs_scratch.png",
+                 "study.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "pretrain" / "spark" / "models" / "encoder.pt").is_file()
-    spark_run = out / "runs" / "spark" / "covid" / "fraction_0.5" / "seed_0"
+    spark_run = _run_dir(out, "spark", "finetune", 0.5, 0)
     overrides = json.loads((spark_run / "config.json").read_text())["overrides"]
     assert overrides["label_fraction"] == 0.5 and overrides["pretrained_checkpoint"].endswith("spark/models/encoder.pt")
+    assert overrides["protocol"] == "finetune"
     assert "loaded 120 backbone tensors" in (spark_run / "run.log").read_text()
-    assert (spark_run / "eval" / "metrics.json").is_file()
-    scratch_log = (out / "runs" / "scratch" / "covid" / "fraction_1" / "seed_0" / "run.log").read_text()
+    assert (spark_run / "eval" / "metrics.json").is_file() and (spark_run / "eval" / "predictions.csv").is_file()
+    scratch_log = (_run_dir(out, "scratch", "finetune", 1, 0) / "run.log").read_text()
     assert "trained from scratch" in scratch_log
+    for protocol in ("linear", "knn"):
+        metrics = json.loads((_run_dir(out, "spark", protocol, 0.5, 1) / "eval" / "metrics.json").read_text())
+        assert metrics["protocol"] == protocol and metrics["resampled"] == "patients"
+        # one seed, one labelled subset, whatever the method
+        other = json.loads((_run_dir(out, "scratch", protocol, 0.5, 1) / "eval" / "metrics.json").read_text())
+        assert metrics["n_train"] == other["n_train"] < json.loads(
+            (_run_dir(out, "spark", protocol, 1, 1) / "eval" / "metrics.json").read_text())["n_train"]
+    assert json.loads((_run_dir(out, "spark", "linear", 1, 0) / "eval" / "metrics.json").read_text())["C"] > 0
 
 
-def test_summary_is_the_aggregation_of_the_csv(study):
+def test_summary_is_recomputed_from_the_predictions(study):
+    """Means, paired differences and their bookkeeping, against scikit-learn on each run's predictions.csv."""
+    from sklearn.metrics import roc_auc_score
+
     out, _, _ = study
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     summary = json.loads((out / "summary.json").read_text())
     markdown = (out / "summary.md").read_text()
-    for method in ("scratch", "spark"):
+
+    def auc(row):
+        with open(out / row["run_dir"] / "eval" / "predictions.csv") as f:
+            preds = list(csv.DictReader(f))
+        return roc_auc_score([int(p["label"]) for p in preds], [float(p["prob_COVID"]) for p in preds])
+
+    for protocol in ("finetune", "linear", "knn"):
         for fraction in ("1", "0.5"):
-            members = [r for r in table if r["method"] == method and float(r["fraction"]) == float(fraction)]
-            for metric in ("auc", "accuracy", "f1"):
-                mean = statistics.mean(float(r[metric]) for r in members)
-                cell = summary["covid"][metric][method][fraction]
-                assert cell["mean"] == pytest.approx(mean) and cell["n"] == len(members)
-                assert f"{mean:.3f} +- 0.000" in markdown
+            cell = summary["covid"][protocol][fraction]
+            per_seed = {}
+            for method in ("scratch", "spark"):
+                members = sorted((r for r in table if r["method"] == method and r["protocol"] == protocol
+                                  and float(r["fraction"]) == float(fraction)), key=lambda r: r["seed"])
+                per_seed[method] = [auc(r) for r in members]
+                assert per_seed[method] == pytest.approx([float(r["auc"]) for r in members], abs=1e-5)
+                entry = cell["methods"][method]
+                assert entry["mean"] == pytest.approx(statistics.mean(per_seed[method]), abs=1e-5)
+                assert entry["ci_low"] <= entry["mean"] <= entry["ci_high"] and entry["n_seeds"] == 2
+                assert f"{entry['mean']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]" in markdown
+            paired = cell["vs_scratch"]["spark"]
+            difference = statistics.mean(a - b for a, b in zip(per_seed["spark"], per_seed["scratch"]))
+            assert paired["difference"] == pytest.approx(difference, abs=1e-5)
+            assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
+            assert 0 < paired["p_value"] <= paired["p_holm"] <= 1 and paired["n_seeds"] == 2
+            assert f"{paired['difference']:+.3f} [{paired['ci_low']:+.3f}, {paired['ci_high']:+.3f}]" in markdown
+    assert "## covid: knn" in markdown and "random-init encoder (frozen)" in markdown and "Not resolved" in markdown
+
+
+def test_a_frozen_run_of_the_study_is_the_bundle_run_it_records(study, tmp_path):
+    """The study evaluates frozen protocols in process from shared features; ``python -m monai.bundle run``
+    with the overrides the run's config.json records gives the same predictions."""
+    import subprocess
+    import sys
+
+    from medssl_monai.study.runner import _cli
+
+    out, _, _ = study
+    run = _run_dir(out, "spark", "knn", 0.5, 1)
+    overrides = json.loads((run / "config.json").read_text())["overrides"]
+    overrides.update(output_dir=str(tmp_path / "eval"), feature_cache="none", ckpt_dir=str(tmp_path / "m"))
+    config = Path(__file__).parents[1] / "bundles" / "ct_classification" / "configs" / "train.json"
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config),
+                             *_cli(overrides)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "eval" / "predictions.csv").read_text() == (run / "eval" / "predictions.csv").read_text()
+    assert not list((tmp_path / "m").glob("**/*.pt"))  # nothing trained
 
 
 def test_a_stopped_study_continues_without_redoing_finished_runs(study):
     out, config, _ = study
-    finished = out / "runs" / "scratch" / "covid" / "fraction_1" / "seed_0"
-    stopped = out / "runs" / "spark" / "covid" / "fraction_0.5" / "seed_0"
+    finished = _run_dir(out, "scratch", "finetune", 1, 0)
+    stopped = _run_dir(out, "spark", "finetune", 0.5, 0)
+    frozen = _run_dir(out, "spark", "linear", 0.5, 0)
     (stopped / "done.json").unlink()  # as if killed before the run finished
+    (frozen / "done.json").unlink()
     log_before = (finished / "run.log").read_text()
     done_before = (finished / "done.json").stat().st_mtime_ns
     pretrain_before = (out / "pretrain" / "spark" / "run.log").read_text()
+    predictions_before = (frozen / "eval" / "predictions.csv").read_text()
     rows = Study(config, out).run(progress=False)
-    assert len(rows) == 4 and (stopped / "done.json").is_file()
+    assert len(rows) == 24 and (stopped / "done.json").is_file() and (frozen / "done.json").is_file()
     assert (finished / "run.log").read_text() == log_before and (finished / "done.json").stat().st_mtime_ns == done_before
     assert (out / "pretrain" / "spark" / "run.log").read_text() == pretrain_before  # pre-trained once
     # the bundle found its own last checkpoint (the run had ended before done.json) and did not train again
     assert "this run is already finished" in (stopped / "run.log").read_text()
+    assert (frozen / "eval" / "predictions.csv").read_text() == predictions_before  # from the cached features
 
 
 def test_finished_runs_with_other_settings_are_refused_not_reused(study):
@@ -83,10 +144,10 @@ def test_finished_runs_with_other_settings_are_refused_not_reused(study):
 
     out, config, _ = study
     changed = dataclasses.replace(config, finetune={"overrides": {**config.finetune["overrides"], "lr": 0.001}})
-    with pytest.raises(StudyError, match=r"fraction_1/seed_0 was finished with other settings: lr: recorded "
-                                         r"'<not recorded>', this run 0.001\. Give the study another --out"):
+    with pytest.raises(StudyError, match=r"finetune/fraction_1/seed_0 was finished with other settings: lr: "
+                                         r"recorded '<not recorded>', this run 0.001\. Give the study another --out"):
         Study(changed, out).run(progress=False)
-    done = json.loads((out / "runs" / "spark" / "covid" / "fraction_1" / "seed_0" / "done.json").read_text())
+    done = json.loads((_run_dir(out, "spark", "finetune", 1, 0) / "done.json").read_text())
     assert done["identity"]["pretrained_sha256"] and done["identity"]["label_fraction"] == 1.0
 
 
@@ -107,7 +168,8 @@ def test_the_shipped_example_config_is_the_demo_preset(tmp_path):
     example = load_study_config(Path(__file__).parents[1] / "studies" / "example.yaml", demo_dir=str(tmp_path))
     demo = load_study_config(preset="demo", demo_dir=str(tmp_path))
     assert example == demo and example.tasks["covid"]["dataset_dir"] == f"{tmp_path}/covid_ct"
-    assert len(Study(example, tmp_path / "s").runs()) == 5 * 5 * 3
+    assert example.tasks["organs"]["dataset_dir"] == f"{tmp_path}/organ_mnist.npz"
+    assert len(Study(example, tmp_path / "s").runs()) == 5 * 2 * 3 * 5 * 3  # methods, tasks, protocols, fractions, seeds
 
 
 # the reference study's table (shared/reference/paper_protocol.md), row by row, as the resolved ids of each
@@ -207,4 +269,5 @@ def test_the_paper_plan_holds_the_protocol_and_runs_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pretrain spark: spark_pretrain in" in out and "--max_epochs 1600 --base_lr 0.0002 --warmup_epochs 40" in out
     assert "--temperature 0.07 --queue_size 65536" in out and "--max_epochs 70 --freeze_epochs 10" in out
-    assert f"{4 + 5 * 2 * 5 * 3} bundle runs planned" in out and not (tmp_path / "paper").exists()
+    assert "linear spark organs fraction 0.05 seed 2: ct_classification in" in out and "--protocol knn" in out
+    assert f"{4 + 5 * 2 * 3 * 5 * 3} bundle runs planned" in out and not (tmp_path / "paper").exists()

@@ -6,6 +6,7 @@ from medssl_monai.data.downstream import (
     downstream_dataset,
     medmnist_datalist,
     stratified_subset,
+    stratified_subset_indices,
     table_datalist,
 )
 from medssl_monai.data.sampling import ResumableSampler, SeededDataset
@@ -30,5 +31,6 @@ __all__ = [
     "read_datalist",
     "resolve_window",
     "stratified_subset",
+    "stratified_subset_indices",
     "table_datalist",
 ]

@@ -26,6 +26,7 @@ from medssl_monai.data.sampling import SeededDataset
 from medssl_monai.data.transforms import ct_loading
 
 __all__ = ["SPLITS", "class_folder_datalist", "medmnist_datalist", "table_datalist", "stratified_subset",
+           "stratified_subset_indices",
            "downstream_dataset"]
 
 SPLITS = ("train", "val", "test")
@@ -131,11 +132,14 @@ def table_datalist(path: str | os.PathLike, split: str, base_dir: str | os.PathL
     return samples
 
 
-def stratified_subset(data: Sequence[dict], fraction: float, seed: int = 0, label_key: str = "label") -> list[dict]:
-    """A seeded share ``fraction`` of ``data`` taken class by class (at least one sample of each class).
+def stratified_subset_indices(data: Sequence[dict], fraction: float, seed: int = 0,
+                              label_key: str = "label") -> list[int]:
+    """Sorted indices of a seeded share ``fraction`` of ``data``, taken class by class (at least one sample of
+    each class).
 
     Each class is shuffled once by ``seed`` and its first ``round(fraction * n)`` samples kept, so for one seed
-    a smaller fraction is always a subset of a larger one (the label-scarcity study shrinks nested sets).
+    a smaller fraction is always a subset of a larger one (the label-scarcity study shrinks nested sets), and
+    every method and protocol given the same seed trains on the same labels.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
@@ -148,7 +152,12 @@ def stratified_subset(data: Sequence[dict], fraction: float, seed: int = 0, labe
         members = by_class[label]
         order = rng.permutation(len(members))  # drawn for every class whatever the fraction: nested subsets
         keep += [members[j] for j in order[: max(1, round(fraction * len(members)))]]
-    return [data[i] for i in sorted(keep)]
+    return sorted(keep)
+
+
+def stratified_subset(data: Sequence[dict], fraction: float, seed: int = 0, label_key: str = "label") -> list[dict]:
+    """The samples of :func:`stratified_subset_indices`."""
+    return [data[i] for i in stratified_subset_indices(data, fraction, seed, label_key)]
 
 
 def downstream_dataset(

@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.data import DataLoader
 from monai.metrics import compute_embedding_collapse
@@ -41,9 +40,9 @@ from torch import nn
 
 from medssl_monai.data.downstream import downstream_dataset
 from medssl_monai.engines.trainer import is_main_process
+from medssl_monai.evaluation.probes import knn_predict
 
-__all__ = ["RepresentationMonitor", "RepresentationCollapseError", "collapse_indicators", "knn_predict",
-           "wilson_interval"]
+__all__ = ["RepresentationMonitor", "RepresentationCollapseError", "collapse_indicators", "wilson_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +56,6 @@ WHAT_TO_TRY = (
 
 class RepresentationCollapseError(RuntimeError):
     """The encoder's features stayed collapsed for ``collapse_patience`` measurements."""
-
-
-def knn_predict(memory: torch.Tensor, memory_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
-                k: int = 20, temperature: float = 0.07) -> torch.Tensor:
-    """Predicted labels (Q,) of ``queries`` (Q, D) by a similarity-weighted vote of their ``k`` nearest
-    ``memory`` (N, D) features (cosine similarity)."""
-    sim = F.normalize(queries, dim=1) @ F.normalize(memory, dim=1).t()  # (Q, N)
-    top, index = sim.topk(min(k, len(memory)), dim=1)  # (Q, k)
-    votes = torch.zeros(len(queries), num_classes, device=queries.device)
-    votes.scatter_add_(1, memory_labels[index], (top / temperature).exp())
-    return votes.argmax(dim=1)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -1,15 +1,33 @@
-"""Evaluation of fine-tuned classifiers: metrics with bootstrap intervals, figures, the test report."""
+"""Evaluation of classifiers: metrics with bootstrap intervals, figures, the test report, and the frozen-encoder
+protocols (linear probe, k-NN)."""
 
 from medssl_monai.evaluation.metrics import METRICS, classification_metrics, confusion_matrix, point_metrics
 from medssl_monai.evaluation.plots import plot_confusion_matrix, plot_roc
-from medssl_monai.evaluation.report import ClassificationReport
+from medssl_monai.evaluation.probes import (
+    C_GRID,
+    PROTOCOLS,
+    FrozenProbe,
+    encode,
+    knn_predict,
+    knn_probabilities,
+    linear_probe,
+)
+from medssl_monai.evaluation.report import ClassificationReport, write_classification_report
 
 __all__ = [
+    "C_GRID",
     "METRICS",
+    "PROTOCOLS",
     "ClassificationReport",
+    "FrozenProbe",
     "classification_metrics",
     "confusion_matrix",
+    "encode",
+    "knn_predict",
+    "knn_probabilities",
+    "linear_probe",
     "plot_confusion_matrix",
     "plot_roc",
     "point_metrics",
+    "write_classification_report",
 ]

@@ -1,8 +1,8 @@
 """The label-fraction study: one command from pre-training to the comparison table and plots."""
 
 from medssl_monai.study.config import METHODS, PRESETS, StudyConfig, load_study_config
-from medssl_monai.study.report import aggregate, write_report
-from medssl_monai.study.runner import Run, Study, StudyError
+from medssl_monai.study.report import summarise, write_report
+from medssl_monai.study.runner import Run, Study, StudyError, run_bundle
 
-__all__ = ["METHODS", "PRESETS", "Run", "Study", "StudyConfig", "StudyError", "aggregate", "load_study_config",
+__all__ = ["METHODS", "PRESETS", "Run", "Study", "run_bundle", "StudyConfig", "StudyError", "load_study_config", "summarise",
            "write_report"]

@@ -1,61 +1,129 @@
-"""The study's outputs from its rows: ``results.csv``, ``summary.json``/``summary.md`` (mean and standard
-deviation over seeds per method and fraction, best per column in bold), ``auc_vs_fraction.png`` and
-``robustness.png`` (AUC at each fraction relative to AUC with all labels, the reference study's question)."""
+"""The study's outputs from its rows and the runs' test predictions.
+
+- ``results.csv``: every run (task, method, protocol, fraction, seed, test metrics with their own intervals).
+- ``summary.json`` / ``summary.md``: per task, protocol and fraction, each method's mean test ROC AUC over seeds
+  with a 95 % interval (bootstrap over seeds and test patients), and its paired difference to ``scratch`` (the
+  randomly initialised encoder, trained in ``finetune``, frozen in ``linear`` and ``knn``): mean difference,
+  95 % interval, permutation p-value and the Holm-adjusted p-value over the table's comparisons
+  (:mod:`medssl_monai.evaluation.paired`). The report then lists which differences are resolved (interval
+  excluding 0 and Holm-adjusted p < 0.05) and which are not.
+- ``auc_vs_fraction.png``: mean AUC with its interval per method; ``difference_vs_scratch.png``: the paired
+  differences with their intervals.
+"""
 
 from __future__ import annotations
 
 import csv
-import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
+from medssl_monai.evaluation.paired import holm, method_interval, paired_comparison
 from medssl_monai.utils import atomic_path, write_json
 
-__all__ = ["RESULT_FIELDS", "SUMMARY_METRICS", "aggregate", "write_report"]
+__all__ = ["RESULT_FIELDS", "BASELINE", "read_predictions", "summarise", "write_report"]
 
-RESULT_FIELDS = ("task", "method", "fraction", "seed", "auc", "auc_low", "auc_high", "accuracy", "accuracy_low",
-                 "accuracy_high", "f1", "f1_low", "f1_high", "balanced_accuracy", "balanced_accuracy_low",
-                 "balanced_accuracy_high", "n_test", "seconds", "run_dir")
-SUMMARY_METRICS = ("auc", "accuracy", "f1")
+RESULT_FIELDS = ("task", "method", "protocol", "fraction", "seed", "auc", "auc_low", "auc_high", "accuracy",
+                 "accuracy_low", "accuracy_high", "f1", "f1_low", "f1_high", "balanced_accuracy",
+                 "balanced_accuracy_low", "balanced_accuracy_high", "n_test", "seconds", "run_dir")
+BASELINE = "scratch"
+ALPHA = 0.05
+_BASELINE_NAME = {"finetune": "scratch (random init, fine-tuned)", "linear": "random-init encoder (frozen)",
+                  "knn": "random-init encoder (frozen)"}
 
 
-def aggregate(rows: list[dict]) -> dict:
-    """``{task: {metric: {method: {fraction: {"mean", "std", "n"}}}}}`` over seeds (std 0 for one seed)."""
-    groups: dict = defaultdict(list)
+def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Labels (N,), probabilities (N, C) and patient ids (or None) of a run's ``predictions.csv``."""
+    with open(path, newline="") as f:
+        table = list(csv.DictReader(f))
+    if not table:
+        raise ValueError(f"{path}: no predictions")
+    columns = [c for c in table[0] if c.startswith("prob_")]
+    labels = np.array([int(r["label"]) for r in table])
+    probs = np.array([[float(r[c]) for c in columns] for r in table])
+    patients = [r["patient"] for r in table]
+    return labels, probs, patients if all(patients) else None
+
+
+def summarise(rows: list[dict], out: str | Path, n_bootstrap: int = 2000, n_permutations: int = 2000) -> dict:
+    """``{task: {protocol: {fraction: {"methods": {method: interval}, "vs_scratch": {method: comparison}}}}}``
+    from the runs' predictions under ``out``; seeds missing from either side of a pair are left out of it."""
+    out = Path(out)
+    cells: dict = defaultdict(dict)  # (task, protocol, fraction) -> method -> seed -> row
     for r in rows:
-        groups[(r["task"], r["method"], float(r["fraction"]))].append(r)
-    out: dict = {}
-    for (task, method, fraction), members in sorted(groups.items()):
-        for metric in SUMMARY_METRICS:
-            values = [float(m[metric]) for m in members if not math.isnan(float(m[metric]))]
-            cell = {"mean": statistics.mean(values) if values else float("nan"),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
-            out.setdefault(task, {}).setdefault(metric, {}).setdefault(method, {})[f"{fraction:g}"] = cell
-    return out
+        cells[(r["task"], r["protocol"], f"{float(r['fraction']):g}")].setdefault(r["method"], {})[int(r["seed"])] = r
+    summary: dict = {}
+    for (task, protocol, fraction), methods in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                        -float(kv[0][2]))):
+        loaded = {m: {s: read_predictions(out / r["run_dir"] / "eval" / "predictions.csv") for s, r in seeds.items()}
+                  for m, seeds in methods.items()}
+        entry: dict = {"methods": {}, "vs_scratch": {}}
+        for method, runs in loaded.items():
+            labels, _, groups = next(iter(runs.values()))
+            probs = np.stack([runs[s][1] for s in sorted(runs)])  # (S, N, C)
+            entry["methods"][method] = method_interval(labels, probs, groups, n_bootstrap)
+        if BASELINE in loaded:
+            for method, runs in loaded.items():
+                seeds = sorted(set(runs) & set(loaded[BASELINE]))
+                if method == BASELINE or not seeds:
+                    continue
+                labels, _, groups = runs[seeds[0]]
+                entry["vs_scratch"][method] = paired_comparison(
+                    labels, np.stack([runs[s][1] for s in seeds]), np.stack([loaded[BASELINE][s][1] for s in seeds]),
+                    groups, n_bootstrap, n_permutations)
+        summary.setdefault(task, {}).setdefault(protocol, {})[fraction] = entry
+    for task in summary.values():  # Holm over each table's comparisons (methods x fractions)
+        for protocol in task.values():
+            comparisons = [c for entry in protocol.values() for c in entry["vs_scratch"].values()]
+            for c, adjusted in zip(comparisons, holm([c["p_value"] for c in comparisons])):
+                c["p_holm"] = adjusted
+                c["resolved"] = bool(adjusted < ALPHA and (c["ci_low"] > 0 or c["ci_high"] < 0))
+    return summary
 
 
-def _markdown(summary: dict, methods: list[str], fractions: list[str]) -> str:
+def _interval(cell: dict, key: str = "mean") -> str:
+    return f"{cell[key]:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
+
+
+def _markdown(summary: dict, methods: list[str], fractions: list[str], seeds: int) -> str:
     lines = ["# Label-fraction study", "",
-             "Mean +- standard deviation over seeds of the test metrics; columns are the share of the training "
-             "labels used; the best mean of each column is in bold.", ""]
-    for task, metrics in summary.items():
-        for metric, table in metrics.items():
-            lines += [f"## {task}: {metric}", "", "| method | " + " | ".join(fractions) + " |",
+             f"Test ROC AUC, mean over {seeds} seed(s) with its 95 % interval (bootstrap over seeds and test "
+             "patients); columns are the share of the training labels. A seed draws the same labelled subset for "
+             "every method and protocol. Below each table, each method's paired difference to `scratch` (a "
+             "randomly initialised encoder: trained from scratch in fine-tuning, frozen in the linear and k-NN "
+             "protocols): mean AUC difference [95 % interval], permutation p-value, and the Holm-adjusted p-value "
+             f"over the table's comparisons. A difference is called resolved when its interval excludes 0 and its "
+             f"adjusted p-value is below {ALPHA}.", ""]
+    for task, protocols in summary.items():
+        for protocol, table in protocols.items():
+            lines += [f"## {task}: {protocol}", "", "| method | " + " | ".join(fractions) + " |",
                       "|---|" + "---|" * len(fractions)]
-            best = {f: max((table[m][f]["mean"] for m in methods if f in table.get(m, {})
-                            and not math.isnan(table[m][f]["mean"])), default=None) for f in fractions}
             for m in methods:
+                name = _BASELINE_NAME.get(protocol, m) if m == BASELINE else m
+                cells = [_interval(table[f]["methods"][m]) if m in table.get(f, {}).get("methods", {}) else "-"
+                         for f in fractions]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines += ["", f"Paired difference to {_BASELINE_NAME.get(protocol, BASELINE)}:", "",
+                      "| method | " + " | ".join(fractions) + " |", "|---|" + "---|" * len(fractions)]
+            resolved, unresolved = [], []
+            for m in methods:
+                if m == BASELINE:
+                    continue
                 cells = []
                 for f in fractions:
-                    cell = table.get(m, {}).get(f)
-                    if cell is None:
+                    c = table.get(f, {}).get("vs_scratch", {}).get(m)
+                    if c is None:
                         cells.append("-")
                         continue
-                    text = f"{cell['mean']:.3f} +- {cell['std']:.3f}"
-                    cells.append(f"**{text}**" if best[f] is not None and cell["mean"] == best[f] else text)
+                    text = f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] p={c['p_value']:.3g} " \
+                           f"(Holm {c['p_holm']:.3g})"
+                    cells.append(f"**{text}**" if c["resolved"] else text)
+                    (resolved if c["resolved"] else unresolved).append(
+                        f"{m} at {f} ({'+' if c['difference'] > 0 else '-'}{abs(c['difference']):.3f})")
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += ["", "Resolved (in bold): " + (", ".join(resolved) if resolved else "none") + ".",
+                      "Not resolved: " + (", ".join(unresolved) if unresolved else "none") + ".", ""]
     return "\n".join(lines)
 
 
@@ -65,39 +133,43 @@ def _plots(summary: dict, methods: list[str], fractions: list[str], out: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(summary)
-    for name, relative in (("auc_vs_fraction.png", False), ("robustness.png", True)):
-        fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-        for ax, task in zip(axes[0], tasks):
-            table = summary[task]["auc"]
-            for m in methods:
-                points = [(float(f), table[m][f]) for f in fractions if f in table.get(m, {})]
+    panels = [(task, protocol) for task, protocols in summary.items() for protocol in protocols]
+    xs = [float(f) for f in fractions]
+    for name, paired in (("auc_vs_fraction.png", False), ("difference_vs_scratch.png", True)):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+        for ax, (task, protocol) in zip(axes[0], panels):
+            table = summary[task][protocol]
+            shown = [m for m in methods if not (paired and m == BASELINE)]
+            for i, m in enumerate(shown):
+                key = "vs_scratch" if paired else "methods"
+                points = [(x, table[f][key][m]) for x, f in zip(xs, fractions) if m in table.get(f, {}).get(key, {})]
                 if not points:
                     continue
-                xs = [p[0] for p in points]
-                if relative:
-                    full = table[m].get("1", {}).get("mean")
-                    if not full:
-                        continue
-                    ax.plot(xs, [c["mean"] / full for _, c in points], marker="o", label=m)
-                else:
-                    ax.errorbar(xs, [c["mean"] for _, c in points], yerr=[c["std"] for _, c in points],
-                                marker="o", capsize=3, label=m)
+                jitter = 1 + 0.04 * (i - (len(shown) - 1) / 2)  # side by side on the log axis
+                value = "difference" if paired else "mean"
+                ys = np.array([c[value] for _, c in points])
+                err = np.array([[y - c["ci_low"] for y, (_, c) in zip(ys, points)],
+                                [c["ci_high"] - y for y, (_, c) in zip(ys, points)]])
+                ax.errorbar([x * jitter for x, _ in points], ys, yerr=np.maximum(err, 0), marker="o", capsize=3,
+                            label=m)
+            if paired:
+                ax.axhline(0, color="black", lw=0.8)
             ax.set_xscale("log")
-            ax.set_xticks([float(f) for f in fractions], fractions)
+            ax.set_xticks(xs, fractions)
+            ax.minorticks_off()
             ax.set_xlabel("share of training labels")
-            ax.set_ylabel("test AUC / test AUC with all labels" if relative else "test ROC AUC (mean +- std)")
-            ax.set_title(task)
+            ax.set_ylabel("test AUC - scratch's (paired, 95 % CI)" if paired else "test ROC AUC (mean, 95 % CI)")
+            ax.set_title(f"{task}: {protocol}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
         with atomic_path(out / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
+            fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
 
 
-def write_report(rows: list[dict], out: str | Path) -> dict:
-    """Write every output of the study from its rows; returns the summary."""
+def write_report(rows: list[dict], out: str | Path, n_bootstrap: int = 2000, n_permutations: int = 2000) -> dict:
+    """Write every output of the study from its rows (and the runs' predictions); returns the summary."""
     out = Path(out)
     with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
@@ -105,9 +177,9 @@ def write_report(rows: list[dict], out: str | Path) -> dict:
         writer.writerows({k: r[k] for k in RESULT_FIELDS} for r in rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fractions = [f"{f:g}" for f in sorted({float(r["fraction"]) for r in rows}, reverse=True)]
-    summary = aggregate(rows)
+    summary = summarise(rows, out, n_bootstrap, n_permutations)
     write_json(out / "summary.json", summary)
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(_markdown(summary, methods, fractions))
+        tmp.write_text(_markdown(summary, methods, fractions, len({int(r["seed"]) for r in rows})))
     _plots(summary, methods, fractions, out)
     return summary

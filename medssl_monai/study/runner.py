@@ -1,5 +1,11 @@
-"""Run a label-fraction study through the bundles: pre-train once per method, fine-tune per (method, task,
-fraction, seed), each run in its own folder with its overrides, log and metrics.
+"""Run a label-fraction study through the bundles: pre-train once per method, then evaluate every (method,
+task, protocol, fraction, seed), each run in its own folder with its overrides, log and metrics.
+
+Every run is a run of a bundle's ``train.json`` with the overrides its ``config.json`` records, executed by
+MONAI's bundle parser in this process (one Python start-up, about 10 s, for the whole study instead of one per
+run). ``--protocol finetune`` runs train and test; the frozen protocols (``linear``, ``knn``) of one encoder,
+task and seed share one parse of the bundle and one feature pass (its ``probe#evaluator`` with a feature
+cache), then evaluate each labelled subset: what ``python -m monai.bundle run`` with that run's overrides gives.
 
 Resumable: a run's ``done.json`` is written only after the bundle succeeded, so a killed study started again
 skips every finished run, and the interrupted one continues from its own last checkpoint (the bundles resume).
@@ -9,12 +15,14 @@ finished run whose identity differs from what the study now asks for is refused,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import subprocess
-import sys
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 from medssl_monai.bundle import bundle_root
@@ -23,10 +31,11 @@ from medssl_monai.study.config import StudyConfig
 from medssl_monai.study.report import RESULT_FIELDS, write_report
 from medssl_monai.utils import write_json
 
-__all__ = ["Study", "StudyError", "Run"]
+__all__ = ["Study", "StudyError", "Run", "run_bundle"]
 
 logger = logging.getLogger(__name__)
 DONE = "done.json"
+FROZEN = ("linear", "knn")
 
 
 class StudyError(RuntimeError):
@@ -35,16 +44,17 @@ class StudyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Run:
-    """One fine-tuning run of the study."""
+    """One evaluation run of the study."""
 
     arm: str
     task: str
+    protocol: str
     fraction: float
     seed: int
 
     @property
     def folder(self) -> str:
-        return f"runs/{self.arm}/{self.task}/fraction_{self.fraction:g}/seed_{self.seed}"
+        return f"runs/{self.arm}/{self.task}/{self.protocol}/fraction_{self.fraction:g}/seed_{self.seed}"
 
 
 def _cli(overrides: dict) -> list[str]:
@@ -56,36 +66,77 @@ def _cli(overrides: dict) -> list[str]:
     return args
 
 
+@contextlib.contextmanager
+def _logged(path: Path) -> Iterator[None]:
+    """Log records (INFO and up), stdout and stderr (progress bars) of what runs inside go to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    level = root.level
+    with open(path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            yield
+        except Exception:
+            log.write(traceback.format_exc())
+            raise
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+
+
+def _parser(bundle: str, overrides: dict):
+    """MONAI's parser of ``bundle``'s train.json and metadata with ``overrides`` applied, as ``monai.bundle run``
+    builds it."""
+    from monai.bundle import ConfigParser
+
+    configs = Path(bundle_root(bundle)) / "configs"
+    parser = ConfigParser()
+    parser.read_config(configs / "train.json")
+    parser.read_meta(configs / "metadata.json")
+    parser.update(overrides)
+    return parser
+
+
+def run_bundle(bundle: str, overrides: dict, folder: Path) -> float:
+    """Run ``bundle``'s train.json (initialize, run, finalize) with ``overrides`` in this process, logging to
+    ``folder/run.log``; seconds taken. A failure is a :class:`StudyError` naming the log."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "config.json", {"bundle": bundle, "overrides": overrides})
+    start = time.perf_counter()
+    try:
+        with _logged(folder / "run.log"):
+            parser = _parser(bundle, overrides)
+            for section in ("initialize", "run", "finalize"):
+                if section in parser:
+                    parser.get_parsed_content(section)
+    except Exception as err:
+        tail = (folder / "run.log").read_text().strip().splitlines()[-3:]
+        raise StudyError(f"{bundle} failed ({type(err).__name__}: {err}); log: {folder / 'run.log'}\n"
+                         + "\n".join(tail)) from err
+    return time.perf_counter() - start
+
+
 class Study:
     """A study in folder ``out``.
 
     Args:
         config: what to run.
-        out: the study folder (``study.json``, ``pretrain/``, ``runs/``, ``results.csv``, ``summary.md``, plots).
-        python: interpreter that runs the bundles.
+        out: the study folder (``study.json``, ``pretrain/``, ``runs/``, ``features/``, ``results.csv``,
+            ``summary.md``, plots).
     """
 
-    def __init__(self, config: StudyConfig, out: str | Path, python: str = sys.executable) -> None:
-        self.config, self.out, self.python = config, Path(out), python
+    def __init__(self, config: StudyConfig, out: str | Path) -> None:
+        self.config, self.out = config, Path(out)
 
     def runs(self) -> list[Run]:
+        """Every evaluation run, grouped by method, task and seed (the frozen protocols of a group share one
+        feature pass)."""
         c = self.config
-        return [Run(arm, task, float(f), int(s)) for arm in c.arms for task in c.tasks for f in c.fractions
-                for s in c.seeds]
-
-    def _bundle(self, bundle: str, overrides: dict, folder: Path) -> float:
-        """Run ``bundle``'s train config with ``overrides``, logging to ``folder/run.log``; seconds taken."""
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "config.json", {"bundle": bundle, "overrides": overrides})
-        config = Path(bundle_root(bundle)) / "configs" / "train.json"
-        start = time.perf_counter()
-        with open(folder / "run.log", "a") as log:
-            result = subprocess.run([self.python, "-m", "monai.bundle", "run", "--config_file", str(config),
-                                     *_cli(overrides)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
-        if result.returncode != 0:
-            tail = (folder / "run.log").read_text().strip().splitlines()[-5:]
-            raise StudyError(f"{bundle} failed (exit {result.returncode}); log: {folder / 'run.log'}\n" + "\n".join(tail))
-        return time.perf_counter() - start
+        return [Run(arm, task, protocol, float(f), int(s)) for arm in c.arms for task in c.tasks for s in c.seeds
+                for protocol in c.protocols for f in c.fractions]
 
     def encoder(self, arm: str) -> str | None:
         """The starting weights of ``arm``: none for scratch, the file of an external encoder, or the encoder
@@ -125,18 +176,22 @@ class Study:
                 "log_dir": str(folder / "logs"), **settings.get("overrides", {}), **settings.get(method, {})}
 
     def finetune_overrides(self, run: Run) -> dict:
-        """The ids of one fine-tuning run."""
+        """The ids of one evaluation run (``protocol`` says which)."""
         folder = self.out / run.folder
-        return {**self.config.tasks[run.task], "ckpt_dir": str(folder / "models"), "log_dir": str(folder / "logs"),
-                "output_dir": str(folder / "eval"), "label_fraction": run.fraction, "seed": run.seed,
-                "pretrained_checkpoint": self.encoder(run.arm) or "none",  # a CLI None would mean "default"
-                **self.config.finetune.get("overrides", {})}
+        overrides = {**self.config.tasks[run.task], "protocol": run.protocol, "ckpt_dir": str(folder / "models"),
+                     "log_dir": str(folder / "logs"), "output_dir": str(folder / "eval"),
+                     "label_fraction": run.fraction, "seed": run.seed,
+                     "pretrained_checkpoint": self.encoder(run.arm) or "none",  # a CLI None would mean "default"
+                     **self.config.finetune.get("overrides", {})}
+        if run.protocol in FROZEN:
+            overrides["feature_cache"] = str(self.out / "features")
+        return overrides
 
     def plan(self) -> list[str]:
         """Every bundle run the study would make, one line each (bundle, folder, ids), without running any."""
         lines = [f"pretrain {m}: {m}_pretrain in {self.out / 'pretrain' / m}: " + " ".join(_cli(self.pretrain_overrides(m)))
                  for m in self.config.methods if m != "scratch"]
-        lines += [f"finetune {r.arm} {r.task} fraction {r.fraction:g} seed {r.seed}: ct_classification in "
+        lines += [f"{r.protocol} {r.arm} {r.task} fraction {r.fraction:g} seed {r.seed}: ct_classification in "
                   f"{self.out / r.folder}: " + " ".join(_cli(self.finetune_overrides(r))) for r in self.runs()]
         return lines
 
@@ -147,27 +202,72 @@ class Study:
         if self._finished(folder, identity) is not None:
             return
         logger.info(f"pre-training {method} in {folder}")
-        seconds = self._bundle(f"{method}_pretrain", overrides, folder)
+        seconds = run_bundle(f"{method}_pretrain", overrides, folder)
         write_json(folder / DONE, {"method": method, "seconds": round(seconds, 1), "encoder": self.encoder(method),
                                    "identity": identity})
 
-    def finetune(self, run: Run) -> dict:
+    def _row(self, run: Run, seconds: float, identity: dict) -> dict:
+        """The results row of a finished run (from its metrics.json), also written as its ``done.json``."""
         folder = self.out / run.folder
-        overrides = self.finetune_overrides(run)
-        identity = self._identity("ct_classification", overrides)
-        done = self._finished(folder, identity)
-        if done is not None:
-            return {k: v for k, v in done.items() if k != "identity"}
-        seconds = self._bundle("ct_classification", overrides, folder)
         metrics = json.loads((folder / "eval" / "metrics.json").read_text())
-        row = {"task": run.task, "method": run.arm, "fraction": run.fraction, "seed": run.seed,
-               "seconds": round(seconds, 1), "run_dir": run.folder}
+        row = {"task": run.task, "method": run.arm, "protocol": run.protocol, "fraction": run.fraction,
+               "seed": run.seed, "seconds": round(seconds, 2), "run_dir": run.folder}
         for name in ("auc", "accuracy", "f1", "balanced_accuracy"):
             row[name] = metrics[name]["value"]
             row[f"{name}_low"], row[f"{name}_high"] = metrics[name]["ci_low"], metrics[name]["ci_high"]
         row["n_test"] = metrics["n"]
         write_json(folder / DONE, {**{k: row[k] for k in RESULT_FIELDS}, "identity": identity})
         return row
+
+    def finetune(self, run: Run) -> dict:
+        """One fine-tuning run (or its recorded row when already done)."""
+        folder = self.out / run.folder
+        overrides = self.finetune_overrides(run)
+        identity = self._identity("ct_classification", overrides)
+        done = self._finished(folder, identity)
+        if done is not None:
+            return {k: v for k, v in done.items() if k != "identity"}
+        seconds = run_bundle("ct_classification", overrides, folder)
+        return self._row(run, seconds, identity)
+
+    def frozen(self, runs: list[Run]) -> list[dict]:
+        """The frozen-protocol runs of one method, task and seed: one parse of the bundle and one feature pass
+        (the bundle's ``probe#evaluator``), then each run's protocol and labelled subset."""
+        pending, rows = [], {}
+        for run in runs:
+            overrides = self.finetune_overrides(run)
+            identity = self._identity("ct_classification", overrides)
+            done = self._finished(self.out / run.folder, identity)
+            if done is not None:
+                rows[run] = {k: v for k, v in done.items() if k != "identity"}
+            else:
+                pending.append((run, overrides, identity))
+        if pending:
+            import monai
+
+            first = pending[0][1]
+            group_log = self.out / "runs" / runs[0].arm / runs[0].task / f"features_seed_{runs[0].seed}.log"
+            start = time.perf_counter()
+            try:
+                with _logged(group_log):
+                    parser = _parser("ct_classification", first)
+                    monai.utils.set_determinism(seed=first["seed"])  # as the bundle's initialize, before the network
+                    parser.get_parsed_content("load_pretrained")
+                    probe = parser.get_parsed_content("probe#evaluator")
+                    probe.features()
+            except Exception as err:
+                raise StudyError(f"features of {runs[0].arm} on {runs[0].task} failed ({type(err).__name__}: "
+                                 f"{err}); log: {group_log}") from err
+            shared = (time.perf_counter() - start) / len(pending)  # the feature pass, shared by the runs
+            for run, overrides, identity in pending:
+                folder = self.out / run.folder
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json(folder / "config.json", {"bundle": "ct_classification", "overrides": overrides})
+                start = time.perf_counter()
+                with _logged(folder / "run.log"):
+                    probe.evaluate(run.protocol, run.fraction, run.seed, overrides["output_dir"])
+                rows[run] = self._row(run, shared + time.perf_counter() - start, identity)
+        return [rows[run] for run in runs]
 
     def run(self, progress: bool = True) -> list[dict]:
         """Everything not yet done, then ``results.csv``, ``summary.md`` and the plots; returns the rows."""
@@ -177,12 +277,21 @@ class Study:
             if method != "scratch":
                 self.pretrain(method)
         runs, rows = self.runs(), []
-        for i, run in enumerate(runs, 1):
-            fresh = not (self.out / run.folder / DONE).is_file()
-            rows.append(self.finetune(run))
+
+        def report(run: Run, row: dict, fresh: bool) -> None:
+            rows.append(row)
             if progress:
-                state = f"done in {rows[-1]['seconds']:.0f} s" if fresh else "already done"
-                print(f"[{i}/{len(runs)}] {run.arm} {run.task} fraction {run.fraction:g} seed {run.seed}: "
-                      f"AUC {rows[-1]['auc']:.3f} ({state})", flush=True)
+                state = f"done in {row['seconds']:.1f} s" if fresh else "already done"
+                print(f"[{len(rows)}/{len(runs)}] {run.arm} {run.task} {run.protocol} fraction {run.fraction:g} "
+                      f"seed {run.seed}: AUC {row['auc']:.3f} ({state})", flush=True)
+
+        for _, group in groupby(runs, key=lambda r: (r.arm, r.task, r.seed)):
+            group = list(group)
+            fresh = {r for r in group if not (self.out / r.folder / DONE).is_file()}
+            for run in (r for r in group if r.protocol not in FROZEN):
+                report(run, self.finetune(run), run in fresh)
+            frozen = [r for r in group if r.protocol in FROZEN]
+            for run, row in zip(frozen, self.frozen(frozen) if frozen else []):
+                report(run, row, run in fresh)
         write_report(rows, self.out)
         return rows

@@ -1,0 +1,147 @@
+"""Paired comparison of two methods evaluated on one test set over the same seeds.
+
+A label-fraction study runs each method once per seed, and a seed fixes the labelled subset (and, for the
+frozen protocols, nothing else differs), so method A's run with seed s and method B's run with seed s form a
+pair, and both predict the same test images. The question "is A better than B here?" is then answered by the
+paired difference of their test ROC AUC, averaged over seeds, not by whether two error bars overlap:
+
+- **interval**: a percentile bootstrap over seeds and test patients together: each replicate draws S seeds
+  with replacement and the test units (patients where images carry one, else images) with replacement, the
+  same draw for A and B, and averages AUC(A) - AUC(B) over the drawn seeds on the drawn units. Drawn as
+  ``seeds = rng.integers(0, S, (B, S))`` then ``units = rng.integers(0, U, (B, U))`` from
+  ``numpy.random.default_rng(seed)``.
+- **p-value**: a two-sided paired permutation test: under "A and B are exchangeable", each test unit of each
+  seed's pair keeps or swaps its two predictions with probability 1/2; p = (1 + #{|T*| >= |T|}) / (1 + P) for
+  P permutations of the statistic T = mean over seeds of AUC(A) - AUC(B).
+
+AUC is binary (positive = class 1) or macro one-vs-rest, as in :mod:`medssl_monai.evaluation.metrics`;
+bootstrap replicates are AUCs of the weighted (resampled) test set, computed for all replicates at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+__all__ = ["weighted_auc", "auc_rows", "method_interval", "paired_comparison", "holm"]
+
+
+def _binary_weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of one score vector (N,) under each row of ``weights`` (R, N), ties counted half: (R,)."""
+    order = np.argsort(scores, kind="stable")
+    s, pos, w = scores[order], positive[order], weights[:, order]  # sorted by score
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each group of tied scores
+    group = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1  # (N,) group of each position
+    neg_w = np.add.reduceat(w * ~pos, starts, axis=1)  # (R, G) negative weight per tied group
+    below = np.cumsum(neg_w, axis=1) - neg_w  # negative weight strictly below each group
+    credit = below + 0.5 * neg_w  # (R, G)
+    pos_w = w * pos  # (R, N)
+    numerator = (pos_w * credit[:, group]).sum(axis=1)
+    denominator = pos_w.sum(axis=1) * (w * ~pos).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def weighted_auc(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of labels (N,) and probabilities (N, C) under each row of ``weights`` (R, N) (a bootstrap's
+    multiplicities): (R,), NaN where a class has no weight."""
+    labels, probs, weights = np.asarray(labels), np.asarray(probs, dtype=float), np.atleast_2d(weights)
+    if probs.shape[1] == 2:
+        return _binary_weighted_auc(labels == 1, probs[:, 1], weights)
+    return np.mean([_binary_weighted_auc(labels == c, probs[:, c], weights) for c in range(probs.shape[1])], axis=0)
+
+
+def auc_rows(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of probabilities (R, N, C) against labels (N,): (R,)."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
+    classes = [1] if probs.shape[2] == 2 else range(probs.shape[2])
+    aucs = []
+    for c in classes:
+        positive = labels == c
+        n1, n0 = positive.sum(), (~positive).sum()
+        ranks = rankdata(probs[:, :, c], axis=1)  # (R, N), ties averaged
+        aucs.append((ranks[:, positive].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return np.mean(aucs, axis=0)
+
+
+def _units(groups, n: int) -> np.ndarray:
+    """(N,) resampling unit of each test image: its patient, or itself."""
+    if groups is None:
+        return np.arange(n)
+    return np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
+
+
+def _draws(n_seeds: int, unit_of: np.ndarray, n_bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap draws: seed indices (B, S) and image weights (B, N), the multiplicity of each image's unit."""
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, n_seeds, (n_bootstrap, n_seeds))
+    n_units = unit_of.max() + 1
+    units = rng.integers(0, n_units, (n_bootstrap, n_units))
+    counts = np.stack([np.bincount(row, minlength=n_units) for row in units])  # (B, U)
+    return seeds, counts[:, unit_of]
+
+
+def _seed_weighted_mean(per_seed: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Mean over each replicate's drawn seeds of per-seed values (S, B): (B,)."""
+    return per_seed[seeds, np.arange(seeds.shape[0])[:, None]].mean(axis=1)
+
+
+def method_interval(labels: np.ndarray, probs: np.ndarray, groups=None, n_bootstrap: int = 2000, seed: int = 0,
+                    confidence: float = 0.95) -> dict:
+    """Mean test AUC over seeds of one method, probabilities (S, N, C), with its bootstrap interval over seeds
+    and test units: ``{"mean", "ci_low", "ci_high", "n_seeds"}``."""
+    probs = np.asarray(probs, dtype=float)
+    seeds, weights = _draws(len(probs), _units(groups, len(labels)), n_bootstrap, seed)
+    per_seed = np.stack([weighted_auc(labels, p, weights) for p in probs])  # (S, B)
+    replicates = _seed_weighted_mean(per_seed, seeds)
+    point = float(np.mean([weighted_auc(labels, p, np.ones((1, len(labels))))[0] for p in probs]))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(replicates, [tail, 100 - tail])
+    return {"mean": point, "ci_low": float(low), "ci_high": float(high), "n_seeds": len(probs)}
+
+
+def paired_comparison(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, groups=None,
+                      n_bootstrap: int = 2000, n_permutations: int = 2000, seed: int = 0,
+                      confidence: float = 0.95) -> dict:
+    """A against B, each probabilities (S, N, C) of the same S seeds on the same N test images (labels (N,),
+    patient ``groups`` (N,) or None): ``{"difference", "ci_low", "ci_high", "p_value", "n_seeds", "n_units"}``,
+    the difference being mean over seeds of AUC(A) - AUC(B)."""
+    labels = np.asarray(labels)
+    probs_a, probs_b = np.asarray(probs_a, dtype=float), np.asarray(probs_b, dtype=float)
+    if probs_a.shape != probs_b.shape or probs_a.shape[1] != len(labels):
+        raise ValueError(f"expected two (seeds, {len(labels)}, classes) arrays of one shape, got {probs_a.shape} "
+                         f"and {probs_b.shape}")
+    n_seeds, n = probs_a.shape[:2]
+    unit_of = _units(groups, n)
+    ones = np.ones((1, n))
+    observed = float(np.mean([weighted_auc(labels, a, ones)[0] - weighted_auc(labels, b, ones)[0]
+                              for a, b in zip(probs_a, probs_b)]))
+    # bootstrap over seeds and units
+    seeds, weights = _draws(n_seeds, unit_of, n_bootstrap, seed)
+    per_seed = np.stack([weighted_auc(labels, a, weights) - weighted_auc(labels, b, weights)
+                         for a, b in zip(probs_a, probs_b)])  # (S, B)
+    replicates = _seed_weighted_mean(per_seed, seeds)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(replicates, [tail, 100 - tail])
+    # permutation: swap A and B per (seed, unit)
+    rng = np.random.default_rng(seed + 1)
+    statistic = np.zeros(n_permutations)
+    for a, b in zip(probs_a, probs_b):
+        swap = rng.random((n_permutations, unit_of.max() + 1)) < 0.5
+        swap = swap[:, unit_of, None]  # (P, N, 1)
+        statistic += auc_rows(labels, np.where(swap, b, a)) - auc_rows(labels, np.where(swap, a, b))
+    statistic /= n_seeds
+    extreme = np.sum(np.abs(statistic) >= abs(observed) - 1e-12)
+    return {"difference": observed, "ci_low": float(low), "ci_high": float(high),
+            "p_value": float((1 + extreme) / (1 + n_permutations)), "n_seeds": n_seeds,
+            "n_units": int(unit_of.max() + 1)}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error), in the input order."""
+    order = np.argsort(p_values)
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
