@@ -128,12 +128,18 @@ def test_a_stopped_study_continues_without_redoing_finished_runs(study):
     done_before = (finished / "done.json").stat().st_mtime_ns
     pretrain_before = (out / "pretrain" / "spark" / "run.log").read_text()
     predictions_before = (frozen / "eval" / "predictions.csv").read_text()
+    metrics_before = json.loads((stopped / "eval" / "metrics.json").read_text())
+    # a finished run keeps its best model, not its training checkpoints (134 MB each at ResNet18)
+    assert (stopped / "models" / "model.pt").is_file() and not list((stopped / "models").glob("checkpoint_*"))
     rows = Study(config, out).run(progress=False)
     assert len(rows) == 24 and (stopped / "done.json").is_file() and (frozen / "done.json").is_file()
     assert (finished / "run.log").read_text() == log_before and (finished / "done.json").stat().st_mtime_ns == done_before
     assert (out / "pretrain" / "spark" / "run.log").read_text() == pretrain_before  # pre-trained once
-    # the bundle found its own last checkpoint (the run had ended before done.json) and did not train again
-    assert "this run is already finished" in (stopped / "run.log").read_text()
+    # the unfinished run ran again (its checkpoints were gone) and gave the same result: seeded, in process
+    assert (stopped / "run.log").read_text().count("loaded 120 backbone tensors") == 2
+    metrics_after = json.loads((stopped / "eval" / "metrics.json").read_text())
+    assert metrics_after["auc"] == metrics_before["auc"] and metrics_after["confusion_matrix"] == \
+        metrics_before["confusion_matrix"]
     assert (frozen / "eval" / "predictions.csv").read_text() == predictions_before  # from the cached features
 
 

@@ -4,5 +4,5 @@ from medssl_monai.study.config import METHODS, PRESETS, StudyConfig, load_study_
 from medssl_monai.study.report import summarise, write_report
 from medssl_monai.study.runner import Run, Study, StudyError, run_bundle
 
-__all__ = ["METHODS", "PRESETS", "Run", "Study", "run_bundle", "StudyConfig", "StudyError", "load_study_config", "summarise",
-           "write_report"]
+__all__ = ["METHODS", "PRESETS", "Run", "Study", "StudyConfig", "StudyError", "load_study_config", "run_bundle",
+           "summarise", "write_report"]

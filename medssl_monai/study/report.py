@@ -133,19 +133,26 @@ def _plots(summary: dict, methods: list[str], fractions: list[str], out: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(task, protocol) for task, protocols in summary.items() for protocol in protocols]
+    tasks = list(summary)
+    protocols = list(dict.fromkeys(p for t in tasks for p in summary[t]))
     xs = [float(f) for f in fractions]
     for name, paired in (("auc_vs_fraction.png", False), ("difference_vs_scratch.png", True)):
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
-        for ax, (task, protocol) in zip(axes[0], panels):
+        # a row per task, a column per protocol
+        fig, grid = plt.subplots(len(tasks), len(protocols), figsize=(4.6 * len(protocols), 3.8 * len(tasks)),
+                                 squeeze=False)
+        for ax, (task, protocol) in ((grid[i][j], (t, p)) for i, t in enumerate(tasks)
+                                     for j, p in enumerate(protocols)):
+            if protocol not in summary[task]:
+                ax.set_visible(False)
+                continue
             table = summary[task][protocol]
             shown = [m for m in methods if not (paired and m == BASELINE)]
-            for i, m in enumerate(shown):
+            for k, m in enumerate(shown):
                 key = "vs_scratch" if paired else "methods"
                 points = [(x, table[f][key][m]) for x, f in zip(xs, fractions) if m in table.get(f, {}).get(key, {})]
                 if not points:
                     continue
-                jitter = 1 + 0.04 * (i - (len(shown) - 1) / 2)  # side by side on the log axis
+                jitter = 1 + 0.04 * (k - (len(shown) - 1) / 2)  # side by side on the log axis
                 value = "difference" if paired else "mean"
                 ys = np.array([c[value] for _, c in points])
                 err = np.array([[y - c["ci_low"] for y, (_, c) in zip(ys, points)],
