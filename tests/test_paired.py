@@ -5,9 +5,10 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from medssl_monai.evaluation.paired import auc_rows, holm, method_interval, paired_comparison, weighted_auc
+from medssl_monai.evaluation.paired import holm, method_interval, paired_comparison, swapped_aucs, weighted_auc
 
 
 def _auc(labels, probs, weights=None):
@@ -34,7 +35,11 @@ def test_auc_matches_scikit_learn_with_ties_and_weights(classes):
     weights = rng.integers(0, 4, (5, 120))
     for p in probs:
         assert weighted_auc(labels, p, weights) == pytest.approx([_auc(labels, p, w) for w in weights], abs=1e-12)
-    assert auc_rows(labels, probs) == pytest.approx([_auc(labels, p) for p in probs], abs=1e-12)
+    swap = rng.random((4, 120)) < 0.5  # the permutation test's swapped predictions
+    auc_a, auc_b = swapped_aucs(labels, probs[0], probs[1], swap)
+    for row, x, y in zip(swap, auc_a, auc_b):
+        assert x == pytest.approx(_auc(labels, np.where(row[:, None], probs[1], probs[0])), abs=1e-12)
+        assert y == pytest.approx(_auc(labels, np.where(row[:, None], probs[0], probs[1])), abs=1e-12)
 
 
 @pytest.mark.parametrize("classes,groups", [(2, None), (3, "patients")])
@@ -67,15 +72,17 @@ def test_intervals_are_the_documented_bootstrap(classes, groups):
 
 
 def test_permutation_p_value_approaches_the_exact_one():
-    """Six test images, one seed: all 2^6 swaps give the exact p-value; the Monte Carlo one is within 0.02."""
+    """Six test images, one seed: all 2^6 swaps of the two models' ranks give the exact p-value; the Monte
+    Carlo one is within 0.02."""
     labels = np.array([0, 1, 0, 1, 1, 0])
     a = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])[None]
     b = np.array([[0.4, 0.6], [0.6, 0.4], [0.5, 0.5], [0.55, 0.45], [0.3, 0.7], [0.8, 0.2]])[None]
     observed = _auc(labels, a[0]) - _auc(labels, b[0])
+    ranks_a, ranks_b = (np.stack([rankdata(p[0][:, c]) for c in range(2)], axis=1) for p in (a, b))
     exact = []
     for swap in itertools.product([False, True], repeat=6):
         s = np.array(swap)[:, None]
-        exact.append(_auc(labels, np.where(s, b[0], a[0])) - _auc(labels, np.where(s, a[0], b[0])))
+        exact.append(_auc(labels, np.where(s, ranks_b, ranks_a) / 6) - _auc(labels, np.where(s, ranks_a, ranks_b) / 6))
     p_exact = np.mean(np.abs(exact) >= abs(observed) - 1e-12)
     result = paired_comparison(labels, a, b, n_bootstrap=50, n_permutations=20000, seed=0)
     assert result["difference"] == pytest.approx(observed)
@@ -93,3 +100,12 @@ def test_holm_adjustment():
     # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, max(0.03, 2 x 0.02), max(0.04, 1 x 0.04)
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    adjusted = holm([0.01, float("nan"), 0.04])  # an untested comparison is not counted
+    assert adjusted[0] == pytest.approx(0.02) and np.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+
+
+def test_an_undefined_auc_is_not_tested():
+    labels = np.zeros(6, int)  # one class only: AUC undefined
+    probs = np.full((2, 6, 2), 0.5)
+    result = paired_comparison(labels, probs, probs, n_bootstrap=20, n_permutations=20)
+    assert np.isnan(result["difference"]) and np.isnan(result["p_value"])

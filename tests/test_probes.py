@@ -62,7 +62,7 @@ def _split(demo_dir, split, **kwargs):
                               **kwargs)
 
 
-def test_frozen_probe_uses_fine_tunings_subset_and_caches_features(demo_dir, tmp_path):
+def test_frozen_probe_uses_fine_tunings_subset_and_caches_features(demo_dir, tmp_path, monkeypatch):
     network = _network()
     splits = {s: _split(demo_dir, s) for s in ("train", "val", "test")}
     probe = FrozenProbe(network, "knn", splits["train"], splits["val"], splits["test"], tmp_path / "eval",
@@ -78,9 +78,20 @@ def test_frozen_probe_uses_fine_tunings_subset_and_caches_features(demo_dir, tmp
     assert network.fc.__class__.__name__ == "Linear"  # the head is back after the feature pass
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(cached) == 3 and [c.split("_")[0] for c in cached] == ["test", "train", "val"]
-    again = FrozenProbe(network, "linear", splits["train"], splits["val"], splits["test"], tmp_path / "lin",
-                        ["NonCOVID", "COVID"], feature_cache=tmp_path / "cache", n_bootstrap=20, figures=False)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(again.features().values(), probe.features().values()))
+    import medssl_monai.evaluation.probes as probes
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("features recomputed although cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(probes, "encode", no_pass)
+        again = FrozenProbe(network, "linear", splits["train"], splits["val"], splits["test"], tmp_path / "lin",
+                            ["NonCOVID", "COVID"], feature_cache=tmp_path / "cache", n_bootstrap=20, figures=False)
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(again.features().values(), probe.features().values()))
+        with torch.no_grad():
+            network.fc.weight.add_(1.0)  # the bypassed head: the same features, the cache still serves them
+        FrozenProbe(network, "knn", splits["train"], splits["val"], splits["test"], tmp_path / "e1", ["a", "b"],
+                    feature_cache=tmp_path / "cache", n_bootstrap=20, figures=False).features()
     with torch.no_grad():
         network.conv1.weight.add_(1.0)  # other weights: other keys, never another encoder's features
     FrozenProbe(network, "knn", splits["train"], splits["val"], splits["test"], tmp_path / "e2", ["a", "b"],

@@ -97,7 +97,8 @@ def test_summary_is_recomputed_from_the_predictions(study):
     assert "## covid: knn" in markdown and "random-init encoder (frozen)" in markdown and "Not resolved" in markdown
 
 
-def test_a_frozen_run_of_the_study_is_the_bundle_run_it_records(study, tmp_path):
+@pytest.mark.parametrize("method", ["spark", "scratch"])  # scratch: the random encoder's initialisation too
+def test_a_frozen_run_of_the_study_is_the_bundle_run_it_records(study, tmp_path, method):
     """The study evaluates frozen protocols in process from shared features; ``python -m monai.bundle run``
     with the overrides the run's config.json records gives the same predictions."""
     import subprocess
@@ -106,7 +107,7 @@ def test_a_frozen_run_of_the_study_is_the_bundle_run_it_records(study, tmp_path)
     from medssl_monai.study.runner import _cli
 
     out, _, _ = study
-    run = _run_dir(out, "spark", "knn", 0.5, 1)
+    run = _run_dir(out, method, "knn", 0.5, 1)
     overrides = json.loads((run / "config.json").read_text())["overrides"]
     overrides.update(output_dir=str(tmp_path / "eval"), feature_cache="none", ckpt_dir=str(tmp_path / "m"))
     config = Path(__file__).parents[1] / "bundles" / "ct_classification" / "configs" / "train.json"
@@ -158,6 +159,9 @@ def test_finished_runs_with_other_settings_are_refused_not_reused(study):
 
 
 def test_bad_study_configs_fail_clearly(tmp_path):
+    (tmp_path / "owned.yaml").write_text("finetune: {overrides: {seed: 3, image_size: 64}}\n")
+    with pytest.raises(ValueError, match="finetune.overrides sets seed, which the study sets for each run"):
+        load_study_config(tmp_path / "owned.yaml", demo_dir=str(tmp_path))
     (tmp_path / "bad.yaml").write_text("methods: [scratch, simclr]\n")
     with pytest.raises(ValueError, match=r"unknown methods \['simclr'\]"):
         load_study_config(tmp_path / "bad.yaml", demo_dir=str(tmp_path))

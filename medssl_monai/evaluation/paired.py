@@ -10,12 +10,15 @@ paired difference of their test ROC AUC, averaged over seeds, not by whether two
   same draw for A and B, and averages AUC(A) - AUC(B) over the drawn seeds on the drawn units. Drawn as
   ``seeds = rng.integers(0, S, (B, S))`` then ``units = rng.integers(0, U, (B, U))`` from
   ``numpy.random.default_rng(seed)``.
-- **p-value**: a two-sided paired permutation test: under "A and B are exchangeable", each test unit of each
-  seed's pair keeps or swaps its two predictions with probability 1/2; p = (1 + #{|T*| >= |T|}) / (1 + P) for
+- **p-value**: a two-sided paired permutation test on ranks (Venkatraman and Begg's idea for ROC curves): each
+  model's scores are replaced by their ranks among the test images, which leaves its AUC as it is, and under
+  "A and B are exchangeable" each test unit of each seed's pair keeps or swaps its two ranks with probability
+  1/2; p = (1 + #{|T*| >= |T|}) / (1 + P) for
   P permutations of the statistic T = mean over seeds of AUC(A) - AUC(B).
 
 AUC is binary (positive = class 1) or macro one-vs-rest, as in :mod:`medssl_monai.evaluation.metrics`;
-bootstrap replicates are AUCs of the weighted (resampled) test set, computed for all replicates at once.
+bootstrap replicates are AUCs of the weighted (resampled) test set and permutations AUCs of swapped predictions,
+both for all replicates at once from the matrix of positive-negative comparisons.
 """
 
 from __future__ import annotations
@@ -23,21 +26,22 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-__all__ = ["weighted_auc", "auc_rows", "method_interval", "paired_comparison", "holm"]
+__all__ = ["weighted_auc", "swapped_aucs", "method_interval", "paired_comparison", "holm"]
+
+
+def _pairs(positive_scores: np.ndarray, negative_scores: np.ndarray) -> np.ndarray:
+    """(n1, n0) comparison of every positive with every negative: 1 above, 1/2 tied, 0 below."""
+    above = positive_scores[:, None] - negative_scores[None]
+    return (above > 0) + 0.5 * (above == 0)
 
 
 def _binary_weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC of one score vector (N,) under each row of ``weights`` (R, N), ties counted half: (R,)."""
-    order = np.argsort(scores, kind="stable")
-    s, pos, w = scores[order], positive[order], weights[:, order]  # sorted by score
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each group of tied scores
-    group = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1  # (N,) group of each position
-    neg_w = np.add.reduceat(w * ~pos, starts, axis=1)  # (R, G) negative weight per tied group
-    below = np.cumsum(neg_w, axis=1) - neg_w  # negative weight strictly below each group
-    credit = below + 0.5 * neg_w  # (R, G)
-    pos_w = w * pos  # (R, N)
-    numerator = (pos_w * credit[:, group]).sum(axis=1)
-    denominator = pos_w.sum(axis=1) * (w * ~pos).sum(axis=1)
+    """ROC AUC of one score vector (N,) under each row of ``weights`` (R, N), ties counted half: (R,). The
+    weighted Mann-Whitney statistic: sum over positive-negative pairs of w_i w_j [s_i > s_j], over the pairs'
+    total weight."""
+    w_pos, w_neg = weights[:, positive], weights[:, ~positive]  # (R, n1), (R, n0)
+    numerator = ((w_pos @ _pairs(scores[positive], scores[~positive])) * w_neg).sum(axis=1)
+    denominator = w_pos.sum(axis=1) * w_neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / denominator, np.nan)
 
@@ -51,17 +55,32 @@ def weighted_auc(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> 
     return np.mean([_binary_weighted_auc(labels == c, probs[:, c], weights) for c in range(probs.shape[1])], axis=0)
 
 
-def auc_rows(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """ROC AUC of each row of probabilities (R, N, C) against labels (N,): (R,)."""
-    labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
-    classes = [1] if probs.shape[2] == 2 else range(probs.shape[2])
-    aucs = []
+def swapped_aucs(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
+                 swap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC of A' and B' for each row of ``swap`` (R, N): A' takes B's probabilities (N, C) where ``swap``
+    is true and A's elsewhere, B' the opposite. Exact (ties count half), without sorting each row: a
+    positive-negative pair's comparison depends only on which side each of the two took, so four pair
+    matrices per class give every row's AUC by matrix products."""
+    labels, swap = np.asarray(labels), np.asarray(swap, dtype=float)
+    classes = [1] if probs_a.shape[1] == 2 else range(probs_a.shape[1])
+    auc_a, auc_b = [], []
     for c in classes:
         positive = labels == c
-        n1, n0 = positive.sum(), (~positive).sum()
-        ranks = rankdata(probs[:, :, c], axis=1)  # (R, N), ties averaged
-        aucs.append((ranks[:, positive].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0))
-    return np.mean(aucs, axis=0)
+        pos = {"a": probs_a[positive, c], "b": probs_b[positive, c]}
+        neg = {"a": probs_a[~positive, c], "b": probs_b[~positive, c]}
+        pair = {x + y: _pairs(pos[x], neg[y]) for x in "ab" for y in "ab"}  # positive from x, negative from y
+        s_pos, s_neg = swap[:, positive], swap[:, ~positive]  # (R, n1), (R, n0): 1 = took the other side
+
+        def total(left: np.ndarray, m: np.ndarray, right: np.ndarray) -> np.ndarray:
+            return ((left @ m) * right).sum(axis=1)  # (R,): sum over pairs of left_i m_ij right_j
+
+        keep_pos, keep_neg = 1 - s_pos, 1 - s_neg
+        n_pairs = positive.sum() * (~positive).sum()
+        auc_a.append((total(keep_pos, pair["aa"], keep_neg) + total(keep_pos, pair["ab"], s_neg)
+                      + total(s_pos, pair["ba"], keep_neg) + total(s_pos, pair["bb"], s_neg)) / n_pairs)
+        auc_b.append((total(keep_pos, pair["bb"], keep_neg) + total(keep_pos, pair["ba"], s_neg)
+                      + total(s_pos, pair["ab"], keep_neg) + total(s_pos, pair["aa"], s_neg)) / n_pairs)
+    return np.mean(auc_a, axis=0), np.mean(auc_b, axis=0)
 
 
 def _units(groups, n: int) -> np.ndarray:
@@ -123,25 +142,36 @@ def paired_comparison(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarr
     replicates = _seed_weighted_mean(per_seed, seeds)
     tail = (1 - confidence) / 2 * 100
     low, high = np.nanpercentile(replicates, [tail, 100 - tail])
-    # permutation: swap A and B per (seed, unit)
+    result = {"difference": observed, "ci_low": float(low), "ci_high": float(high), "p_value": float("nan"),
+              "n_seeds": n_seeds, "n_units": int(unit_of.max() + 1)}
+    if not np.isfinite(observed):  # a class missing from the test set: AUC undefined, nothing to test
+        return result
+    # permutation: swap A's and B's within-test-set ranks per (seed, unit); ranks keep each AUC and put the
+    # two models on one scale, so a difference in calibration alone does not widen the null distribution
     rng = np.random.default_rng(seed + 1)
     statistic = np.zeros(n_permutations)
     for a, b in zip(probs_a, probs_b):
         swap = rng.random((n_permutations, unit_of.max() + 1)) < 0.5
-        swap = swap[:, unit_of, None]  # (P, N, 1)
-        statistic += auc_rows(labels, np.where(swap, b, a)) - auc_rows(labels, np.where(swap, a, b))
+        auc_a, auc_b = swapped_aucs(labels, _ranks(a), _ranks(b), swap[:, unit_of])  # (P,) each
+        statistic += auc_a - auc_b
     statistic /= n_seeds
     extreme = np.sum(np.abs(statistic) >= abs(observed) - 1e-12)
-    return {"difference": observed, "ci_low": float(low), "ci_high": float(high),
-            "p_value": float((1 + extreme) / (1 + n_permutations)), "n_seeds": n_seeds,
-            "n_units": int(unit_of.max() + 1)}
+    result["p_value"] = float((1 + extreme) / (1 + n_permutations))
+    return result
+
+
+def _ranks(probs: np.ndarray) -> np.ndarray:
+    """Each class column of (N, C) probabilities as its ranks among the N images, in (0, 1], ties averaged."""
+    return np.stack([rankdata(column) for column in probs.T], axis=1) / len(probs)
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (family-wise error), in the input order."""
-    order = np.argsort(p_values)
-    adjusted, running = np.empty(len(p_values)), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+    """Holm-Bonferroni adjusted p-values (family-wise error), in the input order; NaN (untested) stays NaN
+    and does not count as a test."""
+    p_values = np.asarray(p_values, dtype=float)
+    tested = np.flatnonzero(np.isfinite(p_values))
+    adjusted, running = np.full(len(p_values), np.nan), 0.0
+    for rank, i in enumerate(tested[np.argsort(p_values[tested])]):
+        running = max(running, min(1.0, (len(tested) - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted.tolist()

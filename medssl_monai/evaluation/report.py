@@ -90,7 +90,7 @@ def write_classification_report(labels: np.ndarray, probs: np.ndarray, patients:
         writer = csv.writer(f)
         writer.writerow(["index", "patient", "label", *(f"prob_{c}" for c in class_names)])
         for i, (label, row) in enumerate(zip(labels, probs)):
-            writer.writerow([i, patients[i] if patients is not None else "", int(label), *(f"{p:.6g}" for p in row)])
+            writer.writerow([i, patients[i] if patients is not None else "", int(label), *(f"{p:.9g}" for p in row)])  # float32 exactly
     if figures:
         title = f"test set, n = {len(labels)}"
         plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), class_names,

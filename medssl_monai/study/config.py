@@ -117,6 +117,14 @@ class StudyConfig:
             raise ValueError(f"protocols must be some of {', '.join(PROTOCOLS)}, got {self.protocols}")
         if not self.tasks or not self.seeds:
             raise ValueError("a study needs at least one task and one seed")
+        owned = {"protocol", "label_fraction", "seed", "pretrained_checkpoint", "ckpt_dir", "log_dir", "output_dir",
+                 "feature_cache"}  # what the study sets per run
+        for where, ids in [("finetune.overrides", self.finetune.get("overrides", {})),
+                           *((f"tasks.{n}", t) for n, t in self.tasks.items())]:
+            clash = sorted(owned & set(ids))
+            if clash:
+                raise ValueError(f"{where} sets {', '.join(clash)}, which the study sets for each run (use "
+                                 "protocols, fractions, seeds, methods or external instead)")
         for name, task in self.tasks.items():
             if "dataset_dir" not in task or "class_names" not in task:
                 raise ValueError(f"task {name!r} needs dataset_dir and class_names")

@@ -69,6 +69,12 @@ def summarise(rows: list[dict], out: str | Path, n_bootstrap: int = 2000, n_perm
                 if method == BASELINE or not seeds:
                     continue
                 labels, _, groups = runs[seeds[0]]
+                for s in seeds:  # a pair must predict the same test images
+                    theirs = loaded[BASELINE][s]
+                    if not np.array_equal(runs[s][0], theirs[0]) or runs[s][2] != theirs[2]:
+                        raise ValueError(f"{task} {protocol} fraction {fraction} seed {s}: {method} and {BASELINE} "
+                                         "predicted different test sets (labels or patients differ); their "
+                                         "predictions.csv cannot be paired")
                 entry["vs_scratch"][method] = paired_comparison(
                     labels, np.stack([runs[s][1] for s in seeds]), np.stack([loaded[BASELINE][s][1] for s in seeds]),
                     groups, n_bootstrap, n_permutations)

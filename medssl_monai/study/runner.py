@@ -17,6 +17,7 @@ finished run whose identity differs from what the study now asks for is refused,
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -113,10 +114,13 @@ def run_bundle(bundle: str, overrides: dict, folder: Path) -> float:
             for section in ("initialize", "run", "finalize"):
                 if section in parser:
                     parser.get_parsed_content(section)
+            del parser
     except Exception as err:
         tail = (folder / "run.log").read_text().strip().splitlines()[-3:]
         raise StudyError(f"{bundle} failed ({type(err).__name__}: {err}); log: {folder / 'run.log'}\n"
                          + "\n".join(tail)) from err
+    finally:
+        gc.collect()  # engines hold reference cycles: free the run's network, optimiser and data now
     return time.perf_counter() - start
 
 
@@ -179,11 +183,11 @@ class Study:
     def finetune_overrides(self, run: Run) -> dict:
         """The ids of one evaluation run (``protocol`` says which)."""
         folder = self.out / run.folder
-        overrides = {**self.config.tasks[run.task], "protocol": run.protocol, "ckpt_dir": str(folder / "models"),
-                     "log_dir": str(folder / "logs"), "output_dir": str(folder / "eval"),
-                     "label_fraction": run.fraction, "seed": run.seed,
-                     "pretrained_checkpoint": self.encoder(run.arm) or "none",  # a CLI None would mean "default"
-                     **self.config.finetune.get("overrides", {})}
+        # the study's own ids last: what defines the run (StudyConfig refuses them in the overrides)
+        overrides = {**self.config.finetune.get("overrides", {}), **self.config.tasks[run.task],
+                     "protocol": run.protocol, "ckpt_dir": str(folder / "models"), "log_dir": str(folder / "logs"),
+                     "output_dir": str(folder / "eval"), "label_fraction": run.fraction, "seed": run.seed,
+                     "pretrained_checkpoint": self.encoder(run.arm) or "none"}  # a CLI None would mean "default"
         if run.protocol in FROZEN:
             overrides["feature_cache"] = str(self.out / "features")
         return overrides
