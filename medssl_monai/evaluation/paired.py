@@ -105,6 +105,13 @@ def _seed_weighted_mean(per_seed: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return per_seed[seeds, np.arange(seeds.shape[0])[:, None]].mean(axis=1)
 
 
+def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates (NaN replicates, undefined AUCs, left out)."""
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(replicates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def method_interval(labels: np.ndarray, probs: np.ndarray, groups=None, n_bootstrap: int = 2000, seed: int = 0,
                     confidence: float = 0.95) -> dict:
     """Mean test AUC over seeds of one method, probabilities (S, N, C), with its bootstrap interval over seeds
@@ -112,10 +119,8 @@ def method_interval(labels: np.ndarray, probs: np.ndarray, groups=None, n_bootst
     probs = np.asarray(probs, dtype=float)
     seeds, weights = _draws(len(probs), _units(groups, len(labels)), n_bootstrap, seed)
     per_seed = np.stack([weighted_auc(labels, p, weights) for p in probs])  # (S, B)
-    replicates = _seed_weighted_mean(per_seed, seeds)
     point = float(np.mean([weighted_auc(labels, p, np.ones((1, len(labels))))[0] for p in probs]))
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.nanpercentile(replicates, [tail, 100 - tail])
+    low, high = _percentiles(_seed_weighted_mean(per_seed, seeds), confidence)
     return {"mean": point, "ci_low": float(low), "ci_high": float(high), "n_seeds": len(probs)}
 
 
@@ -139,9 +144,7 @@ def paired_comparison(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarr
     seeds, weights = _draws(n_seeds, unit_of, n_bootstrap, seed)
     per_seed = np.stack([weighted_auc(labels, a, weights) - weighted_auc(labels, b, weights)
                          for a, b in zip(probs_a, probs_b)])  # (S, B)
-    replicates = _seed_weighted_mean(per_seed, seeds)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.nanpercentile(replicates, [tail, 100 - tail])
+    low, high = _percentiles(_seed_weighted_mean(per_seed, seeds), confidence)
     result = {"difference": observed, "ci_low": float(low), "ci_high": float(high), "p_value": float("nan"),
               "n_seeds": n_seeds, "n_units": int(unit_of.max() + 1)}
     if not np.isfinite(observed):  # a class missing from the test set: AUC undefined, nothing to test
