@@ -122,7 +122,7 @@ def _measure(method: str, kind: str, backbone: str, size: int, batch: int, steps
     model = model.to(device)
     views = _views(method, batch, size, device)
     loss_fn(views)  # materialises lazy layers before the optimiser sees the parameters
-    from medssl_monai.engines import build_optimizer
+    from medssl_monai.optimizers import build_optimizer
 
     opt = build_optimizer(model, "sgd", lr=1e-4, weight_decay=1e-6)
     for i in range(steps + 1):

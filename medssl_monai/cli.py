@@ -10,12 +10,13 @@ __all__ = ["main"]
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from medssl_monai.data.demo import make_demo_data
+    from medssl_monai.bundle import demo_root
+    from medssl_monai.data.demo import ensure_demo_data
 
     sizes = ("patients", "size", "slices", "covid_images", "organ_patches", "dicom_patients")
     given = {k: getattr(args, k) for k in sizes if getattr(args, k) is not None}
-    out = make_demo_data(args.out, seed=args.seed, workers=args.workers, **given)
-    print(f"demo data written to {out}")
+    out = ensure_demo_data(args.out or demo_root(), seed=args.seed, workers=args.workers, **given)
+    print(f"demo data in {out} (kept when it was already made with these settings by this generator version)")
     return 0
 
 
@@ -35,8 +36,25 @@ def _prepare_dicom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compose_configs(args: argparse.Namespace) -> int:
+    from medssl_monai.bundle import composed_pretrain_configs
+
+    stale = [path for path, text in composed_pretrain_configs().items()
+             if not path.is_file() or path.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"stale: {path}", file=sys.stderr)
+        print(f"{len(stale)} composed config(s) differ from bundles/_shared/pretrain")
+        return 1 if stale else 0
+    for path, text in composed_pretrain_configs().items():
+        if path in stale:
+            path.write_text(text)
+    print(f"{len(stale)} config(s) rewritten from bundles/_shared/pretrain")
+    return 0
+
+
 def _export_encoder(args: argparse.Namespace) -> int:
-    from medssl_monai.engines.export import export_encoder
+    from medssl_monai.checkpoints import export_encoder
 
     channels = args.in_channels or (3 if args.layout == "torchvision" else None)  # stock torchvision: 3
     out = export_encoder(args.checkpoint, args.out, layout=args.layout, in_channels=channels)
@@ -74,9 +92,15 @@ def _pack_bundle(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    from medssl_monai.bundle import demo_root
+    from medssl_monai.data.demo import ensure_demo_data
     from medssl_monai.study import Study, StudyError, load_study_config
 
     config = load_study_config(args.config, args.preset)
+    demo = demo_root().resolve()
+    if not args.plan and any(Path(d).resolve().is_relative_to(demo) for d in config.data_dirs):
+        print(f"the study reads the demo data: making sure {demo} is current (medssl-monai demo-data)")
+        ensure_demo_data(demo)
     if args.plan:
         lines = Study(config, args.out).plan()
         print("\n".join(lines) + f"\n{len(lines)} bundle runs planned in {args.out}; nothing was run")
@@ -94,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl-monai", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo-data", help="generate the synthetic chest-CT demo collection")
-    p.add_argument("--out", required=True, help="output folder")
+    p = sub.add_parser("demo-data", help="generate the synthetic chest-CT demo collection (the bundles' default data)")
+    p.add_argument("--out", default=None, help="output folder (default: data/demo of the checkout, where the bundles "
+                   "look for it)")
     p.add_argument("--seed", type=int, default=0)
     for name, text in (("patients", "pre-training CT scans"), ("size", "in-plane matrix size in pixels"),
                        ("slices", "axial slices per scan"), ("covid-images", "images in the binary COVID-CT-like set"),
@@ -115,12 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare_dicom)
 
-    from medssl_monai.engines.export import LAYOUTS
-
     p = sub.add_parser("export-encoder", help="write the backbone of a training checkpoint as a plain encoder file")
     p.add_argument("checkpoint", help="a checkpoint_<iteration>.pt from a pre-training bundle")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--layout", choices=LAYOUTS, default="torchvision",
+    # checkpoints.LAYOUTS, spelled out so that --help needs no torch (tests/test_layout.py keeps them equal)
+    p.add_argument("--layout", choices=("torchvision", "spark", "moco", "byol", "swav"), default="torchvision",
                    help="torchvision: plain state_dict; spark, moco, byol, swav: the reference study's release "
                    "layouts ({'module': sd}; {'state_dict': sd} with prefixes encoder_q., online_network.encoder., "
                    "model.)")
@@ -141,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .zip")
     p.add_argument("--bundle-root", default=None, help="the bundle folder (default: bundles/NAME)")
     p.set_defaults(func=_pack_bundle)
+
+    p = sub.add_parser("compose-configs", help="write the four pre-training bundles' configs from their shared "
+                       "source, bundles/_shared/pretrain")
+    p.add_argument("--check", action="store_true", help="only report configs that differ from their source")
+    p.set_defaults(func=_compose_configs)
 
     p = sub.add_parser("study", help="the label-fraction study: pre-train, fine-tune per fraction and seed, compare")
     p.add_argument("--config", default=None, help="a study YAML (fields override its preset; see studies/)")

@@ -28,7 +28,7 @@ def _run(*args, cwd=ROOT):
 
 @pytest.fixture(scope="module")
 def trained(demo_dir, tmp_path_factory):
-    from medssl_monai.engines.export import save_encoder
+    from medssl_monai.checkpoints import save_encoder
     from medssl_monai.networks import resnet
 
     out = tmp_path_factory.mktemp("cls")
@@ -88,7 +88,7 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(trained, tmp_path)
 
 
 def test_a_different_run_in_the_same_folder_is_refused(trained, tmp_path):
-    from medssl_monai.engines.export import save_encoder
+    from medssl_monai.checkpoints import save_encoder
     from medssl_monai.networks import resnet
 
     out, args, _, _ = trained

@@ -8,9 +8,10 @@ from torch.utils.data import DataLoader
 from monai.transforms import Compose, RandFlipd, RandTorchVisiond
 
 from medssl_monai.data import AxialSliceDataset, MultiViewd, ResumableSampler, ct_augmentation
-from medssl_monai.engines import IterationSchedule, build_optimizer
-from medssl_monai.engines.checkpoint import CheckpointWriter, ResumeFromCheckpoint, latest_checkpoint, load_checkpoint
-from medssl_monai.engines.trainer import SelfSupervisedTrainer
+from medssl_monai.checkpoints import latest_checkpoint, load_checkpoint
+from medssl_monai.engines import SelfSupervisedTrainer
+from medssl_monai.handlers import CheckpointWriter, IterationSchedule, ResumeFromCheckpoint
+from medssl_monai.optimizers import build_optimizer
 from medssl_monai.networks import BYOL, MoCo, SparK, SwAV
 
 DATA = [{"image": torch.rand(1, 64, 64)} for _ in range(8)]

@@ -9,7 +9,9 @@ from monai.networks.nets import ResNet
 from sklearn import metrics as skm
 
 from medssl_monai.data import stratified_subset
-from medssl_monai.engines.finetune import BackboneFreezer, class_weights, finetune_optimizer
+from medssl_monai.handlers import BackboneFreezer
+from medssl_monai.losses import class_weights
+from medssl_monai.optimizers import finetune_optimizer
 from medssl_monai.evaluation import classification_metrics, point_metrics
 
 
@@ -80,7 +82,7 @@ def test_class_weights_are_inverse_frequencies():
 def test_a_non_finite_fine_tuning_loss_stops_naming_epoch_and_iteration():
     from ignite.engine import Engine
 
-    from medssl_monai.engines.finetune import FiniteLossCheck
+    from medssl_monai.handlers import FiniteLossCheck
 
     engine = Engine(lambda e, b: [{"loss": torch.tensor(float(b))}, {"loss": torch.tensor(float(b))}])
     FiniteLossCheck().attach(engine)

@@ -5,12 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medssl_monai.engines import build_optimizer
+from medssl_monai.optimizers import build_optimizer
 from medssl_monai.networks import BYOL, SwAV, MoCo
-from medssl_monai.networks.byol import byol_loss
+from medssl_monai.losses import InfoNCELoss, SwAVLoss, SymmetricNegativeCosineLoss, sinkhorn
 from medssl_monai.networks.momentum import ema_update_
-from medssl_monai.networks.moco import info_nce
-from medssl_monai.networks.swav import sinkhorn, swav_loss
 
 import lightly.loss as lightly_loss  # a test dependency (the "test" extra): the reference implementations
 
@@ -26,7 +24,7 @@ def test_info_nce_equals_lightly_moco_loss():
     queue = F.normalize(torch.randn(32, 16), dim=1)
     reference = lightly_loss.NTXentLoss(temperature=0.2, memory_bank_size=(32, 16))
     reference.memory_bank.bank = queue.clone()
-    assert info_nce(q, k, queue, 0.2).item() == pytest.approx(reference(q, k).item(), abs=1e-5)
+    assert InfoNCELoss(0.2)(q, k, queue).item() == pytest.approx(reference(q, k).item(), abs=1e-5)
 
 
 def test_byol_loss_equals_lightly_symmetric_negative_cosine():
@@ -34,7 +32,7 @@ def test_byol_loss_equals_lightly_symmetric_negative_cosine():
     p0, p1, z0, z1 = torch.randn(4, 8, 16).unbind(0)
     criterion = lightly_loss.NegativeCosineSimilarity()
     expected = 0.5 * (criterion(p0, z1) + criterion(p1, z0))
-    assert byol_loss(p0, p1, z0, z1).item() == pytest.approx(expected.item(), abs=1e-5)
+    assert SymmetricNegativeCosineLoss()(p0, p1, z0, z1).item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 @pytest.mark.parametrize("with_queue", [False, True])
@@ -46,7 +44,7 @@ def test_swav_loss_and_sinkhorn_equal_lightly(with_queue):
     low = [torch.randn(8, 10) for _ in range(3)]
     queue = [torch.randn(16, 10) for _ in range(2)] if with_queue else None
     expected = lightly_loss.SwaVLoss(temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05)(high, low, queue)
-    assert swav_loss(high, low, 0.1, 0.05, 3, queue).item() == pytest.approx(expected.item(), abs=1e-5)
+    assert SwAVLoss(0.1, 0.05, 3)(high, low, queue).item() == pytest.approx(expected.item(), abs=1e-5)
     assert torch.allclose(sinkhorn(high[0], 0.05, 3), lightly_sinkhorn(high[0], 3, 0.05), atol=1e-6)
 
 
@@ -89,29 +87,37 @@ def test_moco_queue_enqueues_and_wraps_around():
         assert len(MoCo("resnet18", hidden_dim=32, out_dim=8, dataset_size=50).queue) == 50
 
 
-def test_moco_step_updates_key_encoder_by_momentum_and_fills_the_queue():
+def test_moco_step_updates_key_encoder_by_momentum_after_the_step_and_fills_the_queue():
     torch.manual_seed(5)
     model = MoCo("resnet18", hidden_dim=32, out_dim=8, queue_size=16, momentum=0.9)
     opt = build_optimizer(model, "sgd", lr=0.5, weight_decay=0.0)
-    model(_views()).get("loss").backward()
-    opt.step()
-    online = model.head[0].weight.detach().clone()
     key_before = model.momentum_head[0].weight.detach().clone()
-    out = model(_views(seed=1))
+    model(_views()).get("loss").backward()
+    assert torch.equal(model.momentum_head[0].weight, key_before)  # forward leaves the key encoder alone
+    opt.step()
+    model.update_momentum()  # what the trainer does after the optimiser step
+    online = model.head[0].weight.detach().clone()
     assert torch.allclose(model.momentum_head[0].weight, 0.9 * key_before + 0.1 * online, atol=1e-6)
     assert all(not p.requires_grad for p in model.momentum_backbone.parameters())
+    out = model(_views(seed=1))
     assert int(model.queue_ptr) == 8 and torch.isfinite(out["loss"])
 
 
 def test_byol_tau_follows_the_cosine_and_its_position_is_in_the_state_dict():
     model = BYOL("resnet18", hidden_dim=32, out_dim=8, total_iterations=10)
-    assert model.tau_at(0) == pytest.approx(0.996) and model.tau_at(10) == pytest.approx(1.0)
-    assert model.tau_at(0) < model.tau_at(5) < model.tau_at(9) < 1.0
+    assert model.momentum_at(0) == pytest.approx(0.996) and model.momentum_at(10) == pytest.approx(1.0)
+    assert model.momentum_at(0) < model.momentum_at(5) < model.momentum_at(9) < 1.0
     out = model(_views())
     assert out["tau"].item() == pytest.approx(0.996) and int(model.step) == 1
+    target = [p.detach().clone() for p in model.target_projector.parameters()]
+    online = [p.detach().clone() for p in model.projector.parameters()]
+    model.update_momentum()  # after step 1: tau at 1, for both target networks in one pass
+    tau = model.momentum_at(1)
+    for t, before, o in zip(model.target_projector.parameters(), target, online):
+        assert torch.allclose(t, tau * before + (1 - tau) * o, atol=1e-7)
     restored = BYOL("resnet18", hidden_dim=32, out_dim=8, total_iterations=10)
     restored.load_state_dict(model.state_dict())
-    assert int(restored.step) == 1 and restored(_views())["tau"].item() == pytest.approx(model.tau_at(1))
+    assert int(restored.step) == 1 and restored(_views())["tau"].item() == pytest.approx(model.momentum_at(1))
 
 
 def test_swav_prototypes_stay_frozen_then_learn():

@@ -6,8 +6,8 @@ import torchvision
 from monai.networks.nets import ResNet
 
 from medssl_monai.cli import main
-from medssl_monai.networks.backbones import adapt_stem
-from medssl_monai.networks.pretrained import load_pretrained, read_backbone
+from medssl_monai.checkpoints import adapt_stem, read_backbone
+from medssl_monai.networks.pretrained import load_pretrained
 
 
 def _classifier(backbone="resnet50", in_channels=1, num_classes=2):
@@ -115,23 +115,41 @@ def test_no_checkpoint_means_from_scratch(caplog):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
-def test_the_demo_default_encoder_is_used_only_when_its_backbone_fits(tmp_path, monkeypatch, caplog):
-    """The demo's implicit encoder of another architecture means from scratch, and the log says why."""
+def test_the_demo_default_encoder_must_exist_and_fit_and_the_error_says_how_to_make_it(tmp_path, monkeypatch):
+    """The demo's default encoder is looked up, never replaced by a silent start from scratch."""
     import medssl_monai.bundle as bundle
-    from medssl_monai.engines.export import save_encoder
+    from medssl_monai.checkpoints import save_encoder
     from medssl_monai.networks import resnet
 
     monkeypatch.setattr(bundle, "_SOURCE_ROOT", tmp_path)
-    with caplog.at_level("INFO"):
-        assert bundle.demo_encoder("spark", "resnet18") is None
-    assert "no demo spark encoder" in caplog.text
+    command = "python -m monai.bundle run --config_file bundles/spark_pretrain/configs/train.json --backbone resnet18"
+    with pytest.raises(FileNotFoundError, match="no spark demo encoder") as missing:
+        bundle.demo_encoder("spark", "resnet18")
+    assert command in str(missing.value) and "--pretrained_checkpoint PATH (none: from scratch)" in str(missing.value)
     path = tmp_path / "bundles" / "spark_pretrain" / "models" / "encoder.pt"
     path.parent.mkdir(parents=True)
     save_encoder(resnet("resnet18", 1).state_dict(), path)
     assert bundle.demo_encoder("spark", "resnet18") == str(path)
-    with caplog.at_level("INFO"):
-        assert bundle.demo_encoder("spark", "resnet50") is None
-    assert "is a resnet18, this run a resnet50: training from scratch" in caplog.text
+    with pytest.raises(ValueError, match="is a resnet18, this run a resnet50") as other:
+        bundle.demo_encoder("spark", "resnet50")
+    assert "--backbone resnet50" in str(other.value)
+
+
+def test_the_demo_data_default_is_looked_up_never_generated(tmp_path, monkeypatch):
+    import medssl_monai.bundle as bundle
+    from medssl_monai.data.demo import DEMO_VERSION
+
+    monkeypatch.setattr(bundle, "_SOURCE_ROOT", tmp_path)
+    (tmp_path / "bundles").mkdir()
+    with pytest.raises(FileNotFoundError, match="is missing: make it with `medssl-monai demo-data`"):
+        bundle.demo_data_dir()
+    assert not (tmp_path / "data").exists()  # nothing was made
+    (tmp_path / "data" / "demo").mkdir(parents=True)
+    (tmp_path / "data" / "demo" / "demo.json").write_text(f'{{"version": {DEMO_VERSION - 1}}}')
+    with pytest.raises(FileNotFoundError, match=f"generator version {DEMO_VERSION - 1}, not {DEMO_VERSION}"):
+        bundle.demo_data_dir()
+    (tmp_path / "data" / "demo" / "demo.json").write_text(f'{{"version": {DEMO_VERSION}}}')
+    assert bundle.demo_data_dir() == str(tmp_path / "data" / "demo")
 
 
 def test_inspect_checkpoint_command(released, tmp_path, capsys):
@@ -145,14 +163,14 @@ def test_inspect_checkpoint_command(released, tmp_path, capsys):
 
 
 def test_the_projects_own_encoder_and_training_checkpoint_load(tmp_path):
-    from medssl_monai.engines.export import RunInfo, save_encoder
+    from medssl_monai.checkpoints import RunInfo, save_encoder
     from medssl_monai.networks import MoCo
 
     method = MoCo("resnet18", hidden_dim=16, out_dim=8, queue_size=8)
     backbone = {k: v for k, v in method.backbone.state_dict().items()}
     for name, channels in (("encoder.pt", 3), ("encoder.safetensors", 3), ("encoder_1ch.pt", 1)):
         save_encoder(backbone, tmp_path / name, in_channels=channels)
-    torch.save({"network": method.state_dict(), "info": RunInfo(backbone_prefix="backbone.").state_dict()},
+    torch.save({"network": method.state_dict(), "info": RunInfo("moco").state_dict()},
                tmp_path / "checkpoint_10.pt")
     for name, fmt in (("encoder.pt", "torchvision"), ("encoder.safetensors", "torchvision"),
                       ("encoder_1ch.pt", "torchvision"), ("checkpoint_10.pt", "medssl")):

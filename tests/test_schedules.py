@@ -4,7 +4,9 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from medssl_monai.engines import IterationSchedule, build_optimizer, cosine, param_groups
+from medssl_monai.handlers import IterationSchedule
+from medssl_monai.optimizers import build_optimizer, param_groups
+from medssl_monai.utils import cosine
 from medssl_monai.networks.spark import SparK
 
 
@@ -52,7 +54,7 @@ def test_schedule_sets_lr_and_decay_per_iteration():
 
 
 def test_a_length_in_steps_is_rounded_up_to_whole_epochs():
-    from medssl_monai.engines import train_epochs
+    from medssl_monai.utils import train_epochs
 
     assert train_epochs(12, None, 4) == 12
     assert train_epochs(12, 6, 4) == 2 and train_epochs(12, 8, 4) == 2 and train_epochs(12, 9, 4) == 3

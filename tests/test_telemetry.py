@@ -8,12 +8,13 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader
 
-from medssl_monai.engines import build_optimizer
-from medssl_monai.engines.logging import TrainingLogger, format_duration
-from medssl_monai.engines.monitor import (RepresentationCollapseError, RepresentationMonitor, collapse_indicators,
-                                          wilson_interval)
-from medssl_monai.engines.trainer import SelfSupervisedTrainer
+from medssl_monai.engines import SelfSupervisedTrainer
+from medssl_monai.handlers.representation_monitor import (RepresentationCollapseError, RepresentationMonitor,
+                                                         collapse_indicators, wilson_interval)
+from medssl_monai.handlers.training_logger import TrainingLogger, format_duration
 from medssl_monai.networks import SparK
+from medssl_monai.optimizers import build_optimizer
+from medssl_monai.utils import summary_writer
 
 N, D = 120, 512
 LABELS = torch.arange(N) % 2
@@ -54,7 +55,7 @@ def _spark(zero_last_stage=False):
 
 
 def _monitor(network, demo_dir, tmp_path, **kwargs):
-    return RepresentationMonitor(network, demo_dir / "covid_ct", tmp_path / "tb", image_size=64, **kwargs)
+    return RepresentationMonitor(network, demo_dir / "covid_ct", summary_writer(tmp_path / "tb"), image_size=64, **kwargs)
 
 
 @pytest.mark.parametrize("zero_last_stage", [False, True])
@@ -111,7 +112,7 @@ def test_a_collapsed_run_stops_with_the_indicator_named(demo_dir, tmp_path, capl
     network = _spark(zero_last_stage=True)
     trainer, optimizer = _trainer(network, 0.0, torch.rand(8, 1, 64, 64))  # lr 0: layer4 stays dead
     _monitor(network, demo_dir, tmp_path, collapse_patience=2).attach(trainer)
-    TrainingLogger(tmp_path / "tb", optimizer, image_interval=0, outputs={"encoder": "E.pt"}).attach(trainer)
+    TrainingLogger(summary_writer(tmp_path / "tb"), optimizer, image_interval=0, outputs={"encoder": "E.pt"}).attach(trainer)
     with caplog.at_level(logging.INFO), pytest.raises(RepresentationCollapseError, match="collapse_patience is 2"):
         trainer.run()
     assert trainer.state.epoch == 2
@@ -124,7 +125,7 @@ def test_a_non_finite_loss_is_not_swallowed_by_the_logger(tmp_path, caplog):
     images = torch.rand(8, 1, 64, 64)
     images[0, 0, 0, 0] = float("nan")
     trainer, optimizer = _trainer(_spark(), 1e-3, images)
-    TrainingLogger(tmp_path / "tb", optimizer, image_interval=0).attach(trainer)
+    TrainingLogger(summary_writer(tmp_path / "tb"), optimizer, image_interval=0).attach(trainer)
     with caplog.at_level(logging.INFO), pytest.raises(FloatingPointError, match="loss is nan at iteration 1"):
         trainer.run()
     assert any(r.message.startswith("run stopped at epoch 1, iteration 1 by FloatingPointError") for r in caplog.records)
@@ -132,7 +133,7 @@ def test_a_non_finite_loss_is_not_swallowed_by_the_logger(tmp_path, caplog):
 
 def test_summary_line_of_a_finished_run(tmp_path, caplog):
     trainer, optimizer = _trainer(_spark(), 1e-3, torch.rand(8, 1, 64, 64))
-    TrainingLogger(tmp_path / "tb", optimizer, image_interval=0, outputs={"encoder": "E.pt", "logs": "L"}).attach(trainer)
+    TrainingLogger(summary_writer(tmp_path / "tb"), optimizer, image_interval=0, outputs={"encoder": "E.pt", "logs": "L"}).attach(trainer)
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
     with caplog.at_level(logging.INFO):

@@ -33,7 +33,7 @@ from medssl_monai.data.synthetic import ChestPhantom, Scanner, Tissue, generate_
 from medssl_monai.data.transforms import PNG_HU_OFFSET
 from medssl_monai.utils import atomic_path, write_json
 
-__all__ = ["make_demo_data", "ensure_demo_data", "DEMO_VERSION", "ORGAN_CLASSES", "COVID_CLASSES", "ORGAN_WINDOW"]
+__all__ = ["make_demo_data", "ensure_demo_data", "demo_data_version", "DEMO_VERSION", "ORGAN_CLASSES", "COVID_CLASSES", "ORGAN_WINDOW"]
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +263,15 @@ def make_demo_data(
                                    "slices": slices, "covid_images": covid_images, "organ_patches": organ_patches,
                                    "dicom_patients": dicom_patients})
     return out
+
+
+def demo_data_version(out: str | os.PathLike) -> tuple[int, int] | None:
+    """(version that made the collection in ``out``, this generator's version), or None when ``out`` holds no
+    complete collection (its ``demo.json`` is written last)."""
+    marker = Path(out) / "demo.json"
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text()).get("version"), DEMO_VERSION
 
 
 def ensure_demo_data(out: str | os.PathLike, **sizes) -> Path:

@@ -2,7 +2,8 @@
 
 A method is an ``nn.Module`` that maps a batch of images to a dict with a scalar ``loss`` (and whatever it
 wants logged, such as SparK's reconstruction). The trainer owns the step: per-iteration schedules, mixed
-precision, gradient clipping, a finite-loss check, and the states a resume needs.
+precision, gradient clipping, a finite-loss check, the momentum update after the optimiser step (for methods
+with ``update_momentum``), and the states a resume needs.
 """
 
 from __future__ import annotations
@@ -16,27 +17,10 @@ from monai.engines import Trainer
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
-from medssl_monai.engines.schedules import IterationSchedule
+from medssl_monai.handlers.finite_loss_check import check_finite_loss
+from medssl_monai.handlers.iteration_schedule import IterationSchedule
 
-__all__ = ["SelfSupervisedTrainer", "RNGState", "check_finite_loss", "is_main_process"]
-
-
-def is_main_process() -> bool:
-    """True on rank 0 of a distributed run, and always in a single process."""
-    import ignite.distributed as idist
-
-    return idist.get_rank() == 0
-
-
-def check_finite_loss(loss: torch.Tensor | float, epoch: int, iteration: int) -> None:
-    """Stop a run whose loss is NaN or infinite, naming where (ignite's ``TerminateOnNan`` would end it as a
-    success)."""
-    value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-    if not np.isfinite(value):
-        raise FloatingPointError(
-            f"loss is {value} at iteration {iteration} (epoch {epoch}): lower the learning rate, check the data for "
-            "NaN, or turn amp off"
-        )
+__all__ = ["SelfSupervisedTrainer", "RNGState"]
 
 
 class RNGState:
@@ -69,7 +53,7 @@ class SelfSupervisedTrainer(Trainer):
         max_epochs: epochs over ``train_data_loader``.
         train_data_loader: yields dict batches with ``image_key``.
         network: the method; ``network(images)`` returns a dict with a scalar ``loss``.
-        optimizer: built with :func:`~medssl_monai.engines.schedules.build_optimizer`.
+        optimizer: built with :func:`~medssl_monai.optimizers.build_optimizer`.
         schedule: per-iteration lr and weight decay; attached to this trainer.
         grad_clip: maximum gradient norm (``None`` or 0: no clipping).
         amp: mixed precision: bf16 autocast on CPU, fp16 (with a gradient scaler) or bf16 on GPU.
@@ -134,6 +118,9 @@ class SelfSupervisedTrainer(Trainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
+        method = getattr(self.network, "module", self.network)  # DDP's wrapper
+        if hasattr(method, "update_momentum"):
+            method.update_momentum()  # EMA copies follow the stepped online weights
         output = {k: v.detach() for k, v in out.items() if torch.is_tensor(v)}
         output["loss"] = loss.item()
         output["images"] = views[0].detach()

@@ -32,7 +32,7 @@ from monai.data import DataLoader
 from torch import nn
 
 from medssl_monai.data.downstream import stratified_subset_indices
-from medssl_monai.engines.identity import fingerprint
+from medssl_monai.utils.identity import fingerprint
 from medssl_monai.evaluation.metrics import point_metrics
 from medssl_monai.evaluation.report import write_classification_report
 from medssl_monai.utils import as_bool, atomic_path

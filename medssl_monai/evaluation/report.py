@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medssl_monai.engines.checkpoint import load_checkpoint
+from medssl_monai.checkpoints import load_checkpoint
 from medssl_monai.evaluation.metrics import METRICS, classification_metrics
 from medssl_monai.evaluation.plots import plot_confusion_matrix, plot_roc
 from medssl_monai.utils import as_bool, atomic_path, write_json

@@ -11,9 +11,10 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["BACKBONES", "adapt_stem", "resnet"]
+__all__ = ["BACKBONES", "HEAD", "resnet", "split_backbone_head"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
+HEAD = "fc."  # the classifier of a torchvision ResNet
 
 
 def resnet(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
@@ -33,13 +34,10 @@ def resnet(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
     return net
 
 
-def adapt_stem(weight: torch.Tensor, in_channels: int) -> tuple[torch.Tensor, str | None]:
-    """conv1 weight (64, c, 7, 7) for ``in_channels`` inputs, and a note when it was converted."""
-    c = weight.shape[1]
-    if c == in_channels:
-        return weight, None
-    if c == 3 and in_channels == 1:
-        return weight.sum(dim=1, keepdim=True), "3-channel stem summed over its input channels for 1-channel input"
-    if c == 1 and in_channels == 3:
-        return weight.repeat(1, 3, 1, 1) / 3, "1-channel stem replicated and divided by 3 for 3-channel input"
-    raise ValueError(f"cannot convert a {c}-channel stem to {in_channels} channels")
+def split_backbone_head(network: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(backbone, head) parameters of a torchvision-named ResNet classifier (DDP-wrapped or not): the head is
+    ``fc``."""
+    net = getattr(network, "module", network)
+    backbone = [p for n, p in net.named_parameters() if not n.startswith(HEAD)]
+    head = [p for n, p in net.named_parameters() if n.startswith(HEAD)]
+    return backbone, head

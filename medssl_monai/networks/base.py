@@ -1,5 +1,6 @@
-"""What the joint-embedding methods (MoCo v2, BYOL, SwAV) have in common: a backbone under ``backbone.`` and an
-iteration counter that travels in the state_dict."""
+"""What the joint-embedding methods (MoCo v2, BYOL, SwAV) have in common: a backbone under ``backbone.``, an
+iteration counter that travels in the state_dict, and the momentum update the training loop calls after the
+optimiser step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from medssl_monai.networks.backbones import resnet
+from medssl_monai.networks.momentum import ema_update_
 
 __all__ = ["JointEmbeddingMethod"]
 
@@ -17,7 +19,13 @@ class JointEmbeddingMethod(nn.Module):
     ``forward(views)`` takes a list of (B, C, H, W) tensors and returns a dict with a scalar ``loss``.
     ``step`` counts training forward passes; schedules inside a method (BYOL's EMA, SwAV's prototype
     freezing) read it, and since it is a buffer a resumed run continues them where they stopped.
+
+    A method with momentum copies lists them in ``momentum_pairs`` as (target attribute, online attribute)
+    and gives its coefficient by :meth:`momentum_at`; the trainer calls :meth:`update_momentum` after each
+    optimiser step.
     """
+
+    momentum_pairs: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, backbone: str = "resnet50", in_channels: int = 1) -> None:
         super().__init__()
@@ -34,3 +42,16 @@ class JointEmbeddingMethod(nn.Module):
         if self.training:
             self.step += 1
         return step
+
+    def momentum_at(self, step: int) -> float:
+        """The EMA coefficient for the update after ``step`` training forward passes."""
+        raise NotImplementedError(f"{type(self).__name__} lists momentum_pairs but gives no momentum_at")
+
+    @torch.no_grad()
+    def update_momentum(self) -> None:
+        """Move every momentum copy toward its online network (after the optimiser step); no-op without copies."""
+        if not self.momentum_pairs:
+            return
+        targets = [getattr(self, target) for target, _ in self.momentum_pairs]
+        onlines = [getattr(self, online) for _, online in self.momentum_pairs]
+        ema_update_(targets, onlines, self.momentum_at(int(self.step)))

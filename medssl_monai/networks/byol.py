@@ -8,20 +8,14 @@ the same shape; target path: momentum copies of backbone and projector, updated 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from medssl_monai.engines.schedules import cosine
+from medssl_monai.losses.negative_cosine import SymmetricNegativeCosineLoss
 from medssl_monai.networks.base import JointEmbeddingMethod
 from medssl_monai.networks.heads import mlp_head
-from medssl_monai.networks.momentum import ema_update_, momentum_copy
+from medssl_monai.networks.momentum import momentum_copy
+from medssl_monai.utils.schedules import cosine
 
-__all__ = ["BYOL", "byol_loss"]
-
-
-def byol_loss(p0: torch.Tensor, p1: torch.Tensor, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-    """Symmetric negative cosine similarity: predictions p0, p1 (B, D) against the other view's targets."""
-    return -0.5 * (F.cosine_similarity(p0, z1.detach(), dim=1).mean() +
-                   F.cosine_similarity(p1, z0.detach(), dim=1).mean())
+__all__ = ["BYOL"]
 
 
 class BYOL(JointEmbeddingMethod):
@@ -34,6 +28,8 @@ class BYOL(JointEmbeddingMethod):
         tau: EMA coefficient at the first and the last iteration.
         total_iterations: length of the run, over which tau follows its cosine.
     """
+
+    momentum_pairs = (("target_backbone", "backbone"), ("target_projector", "projector"))
 
     def __init__(
         self,
@@ -50,20 +46,18 @@ class BYOL(JointEmbeddingMethod):
         self.target_backbone = momentum_copy(self.backbone)
         self.target_projector = momentum_copy(self.projector)
         self.tau, self.total_iterations = tuple(tau), total_iterations
+        self.criterion = SymmetricNegativeCosineLoss()
 
-    def tau_at(self, step: int) -> float:
-        """The EMA coefficient at ``step``."""
+    def momentum_at(self, step: int) -> float:
+        """tau at ``step``: a cosine from ``tau[0]`` to ``tau[1]`` over ``total_iterations``."""
         return cosine(step, self.total_iterations, self.tau[0], self.tau[1])
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """views: two (B, C, H, W) augmentations of the same images."""
-        tau = self.tau_at(self.advance())
-        if self.training:
-            ema_update_(self.target_backbone, self.backbone, tau)
-            ema_update_(self.target_projector, self.projector, tau)
+        tau = self.momentum_at(self.advance())  # the coefficient that made the current target
         b = len(views[0])
         both = torch.cat(views[:2])  # (2B, C, H, W): one pass, batch norm over both views
         p0, p1 = self.predictor(self.projector(self.backbone(both))).split(b)
         with torch.no_grad():
             z0, z1 = self.target_projector(self.target_backbone(both)).split(b)
-        return {"loss": byol_loss(p0, p1, z0, z1), "tau": torch.tensor(tau)}
+        return {"loss": self.criterion(p0, p1, z0, z1), "tau": torch.tensor(tau)}

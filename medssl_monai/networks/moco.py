@@ -15,19 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from medssl_monai.losses.info_nce import InfoNCELoss
 from medssl_monai.networks.base import JointEmbeddingMethod
 from medssl_monai.networks.heads import mlp_head
-from medssl_monai.networks.momentum import ema_update_, gather, momentum_copy, world_size
+from medssl_monai.networks.momentum import momentum_copy
+from medssl_monai.utils.distributed import gather, world_size
 
-__all__ = ["MoCo", "info_nce"]
-
-
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cross-entropy of picking the positive key: q, k (B, D) and queue (K, D), all L2-normalised."""
-    positive = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
-    negative = q @ queue.t()  # (B, K)
-    logits = torch.cat([positive, negative], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+__all__ = ["MoCo"]
 
 
 class MoCo(JointEmbeddingMethod):
@@ -44,6 +38,8 @@ class MoCo(JointEmbeddingMethod):
             a longer queue would hold several stale keys of every image.
         shuffle_bn: shuffle the key batch across ranks under DDP.
     """
+
+    momentum_pairs = (("momentum_backbone", "backbone"), ("momentum_head", "head"))
 
     def __init__(
         self,
@@ -65,9 +61,14 @@ class MoCo(JointEmbeddingMethod):
         self.head = mlp_head(self.backbone.feature_dim, hidden_dim, out_dim, batch_norm=False)
         self.momentum_backbone = momentum_copy(self.backbone)
         self.momentum_head = momentum_copy(self.head)
-        self.temperature, self.momentum, self.shuffle_bn = temperature, momentum, shuffle_bn
+        self.momentum, self.shuffle_bn = momentum, shuffle_bn
+        self.criterion = InfoNCELoss(temperature)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, out_dim), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def momentum_at(self, step: int) -> float:
+        """The key encoder's momentum, constant."""
+        return self.momentum
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -96,12 +97,9 @@ class MoCo(JointEmbeddingMethod):
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """views: [query view, key view], each (B, C, H, W)."""
         self.advance()
-        if self.training:
-            ema_update_(self.momentum_backbone, self.backbone, self.momentum)
-            ema_update_(self.momentum_head, self.head, self.momentum)
         q = F.normalize(self.head(self.backbone(views[0])), dim=1)  # (B, D)
         k = self.keys(views[1])  # (B, D)
-        loss = info_nce(q, k, self.queue.clone().detach(), self.temperature)
+        loss = self.criterion(q, k, self.queue.clone().detach())
         if self.training:
             self.enqueue(gather(k))
         return {"loss": loss, "positive_similarity": (q * k).sum(dim=1).mean().detach()}

@@ -1,19 +1,21 @@
-"""Momentum (EMA) copies of a network, and the collectives the methods need under torch.distributed.
+"""Momentum (EMA) copies of a network, beside the models that use them (MoCo's key encoder, BYOL's target).
 
 A momentum copy is a frozen deep copy whose weights follow the online network by
 ``target = m * target + (1 - m) * online``; its parameters never receive gradients, and they live in the
-method's state_dict, so checkpoints and resumes carry them.
+method's state_dict, so checkpoints and resumes carry them. The update runs after the optimiser step, called
+by the training loop (:meth:`~medssl_monai.networks.base.JointEmbeddingMethod.update_momentum`), never inside
+``forward``.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-__all__ = ["momentum_copy", "ema_update_", "gather", "world_size"]
+__all__ = ["momentum_copy", "ema_update_"]
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -25,24 +27,16 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``target = momentum * target + (1 - momentum) * online`` for the parameters (the target's batch-norm
-    statistics follow its own forward passes, as in MoCo and BYOL)."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
-
-
-def world_size() -> int:
-    """Processes in the torch.distributed group (1 without one)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-@torch.no_grad()
-def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` (B, ...) from every rank along dim 0, in rank order (no gradient); ``x`` alone in one
-    process."""
-    if world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+def ema_update_(target: nn.Module | Sequence[nn.Module], online: nn.Module | Sequence[nn.Module],
+                momentum: float) -> None:
+    """``target = momentum * target + (1 - momentum) * online`` for the parameters of each target module and
+    its online module, in one foreach pass (the targets' batch-norm statistics follow their own forward passes,
+    as in MoCo and BYOL)."""
+    targets = [target] if isinstance(target, nn.Module) else list(target)
+    onlines = [online] if isinstance(online, nn.Module) else list(online)
+    t = [p for m in targets for p in m.parameters()]
+    o = [p.detach() for m in onlines for p in m.parameters()]
+    if len(t) != len(o):
+        raise ValueError(f"momentum update of {len(t)} target parameters from {len(o)} online parameters")
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, o, alpha=1.0 - momentum)

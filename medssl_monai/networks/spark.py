@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medssl_monai.losses.masked_reconstruction import MaskedPatchLoss, normalise_patches
 from medssl_monai.networks.backbones import resnet
 
 __all__ = ["upsample_mask", "MaskContext", "SparseEncoder", "LightDecoder", "SparK"]
@@ -232,6 +233,7 @@ class SparK(nn.Module):
             nn.Conv2d(w, d, kernel_size=1 if i == 0 else 3, padding=0 if i == 0 else 1)
             for i, (w, d) in enumerate(zip(self.encoder.widths, dec))
         )
+        self.criterion = MaskedPatchLoss()
 
     def random_mask(self, batch: int, device: torch.device | str) -> torch.Tensor:
         """(B, 1, g, g) bool, True = visible; exactly round(g*g*(1-mask_ratio)) visible patches per sample."""
@@ -275,13 +277,9 @@ class SparK(nn.Module):
             self.encoder.context.mask = None
         pred = self.decoder(dense)  # (B, C, H, W) in normalised-patch space
 
-        target = self.patchify(x)  # (B, L, p*p*C)
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6) ** 0.5
-        per_patch = ((self.patchify(pred) - target) ** 2).mean(dim=-1)  # (B, L)
-        hidden = (~mask).view(b, -1).float()
-        loss = (per_patch * hidden).sum() / hidden.sum().clamp_min(1.0)
-        rec = self.patchify(pred) * (var + 1e-6) ** 0.5 + mean
+        pred_patches, target = self.patchify(pred), self.patchify(x)  # (B, L, p*p*C)
+        loss = self.criterion(pred_patches, target, ~mask.view(b, -1))
+        _, mean, std = normalise_patches(target)
+        rec = pred_patches * std + mean
         rec = rec.view(b, h // DOWNSAMPLE, w // DOWNSAMPLE, DOWNSAMPLE, DOWNSAMPLE, c).permute(0, 5, 1, 3, 2, 4)
         return {"loss": loss, "reconstruction": rec.reshape(b, c, h, w), "mask": mask, "masked_input": masked}

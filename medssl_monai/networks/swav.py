@@ -13,57 +13,14 @@ from __future__ import annotations
 import itertools
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from medssl_monai.losses.swav_loss import SwAVLoss
 from medssl_monai.networks.base import JointEmbeddingMethod
 from medssl_monai.networks.heads import mlp_head
-from medssl_monai.networks.momentum import world_size
 
-__all__ = ["SwAV", "sinkhorn", "swav_loss"]
-
-
-@torch.no_grad()
-def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
-    """Soft codes (B, K) from prototype scores (B, K): each row sums to 1 and, as the iterations converge,
-    every prototype receives B / K of the mass. Sums are all-reduced across ranks under DDP."""
-    q = torch.exp(scores.float() / epsilon).t()  # (K, B)
-    total = q.sum()
-    distributed = world_size() > 1
-    if distributed:
-        dist.all_reduce(total)
-    q /= total
-    k, b = q.shape[0], q.shape[1] * world_size()
-    for _ in range(iterations):
-        rows = q.sum(dim=1, keepdim=True)  # mass per prototype
-        if distributed:
-            dist.all_reduce(rows)
-        q /= rows * k
-        q /= q.sum(dim=0, keepdim=True) * b  # mass per sample
-    return (q * b).t()
-
-
-def swav_loss(global_scores: list[torch.Tensor], local_scores: list[torch.Tensor], temperature: float = 0.1,
-              epsilon: float = 0.05, iterations: int = 3, queue_scores: list[torch.Tensor] | None = None,
-              ) -> torch.Tensor:
-    """Swapped prediction: the code of each global view predicted from every other view, averaged.
-
-    global_scores, local_scores: (B, K) prototype scores per view; queue_scores: (L, K) per global view, scores
-    of queued features that take part in Sinkhorn only.
-    """
-    views = global_scores + local_scores
-    loss = 0.0
-    for i, scores in enumerate(global_scores):
-        with torch.no_grad():
-            scores = scores.detach()
-            if queue_scores is not None:
-                scores = torch.cat([scores, queue_scores[i].detach()])
-            codes = sinkhorn(scores, epsilon, iterations)[: len(global_scores[i])]  # (B, K)
-        others = [v for j, v in enumerate(views) if j != i]
-        loss = loss + sum(-(codes * F.log_softmax(v / temperature, dim=1)).sum(dim=1).mean() for v in others) / len(
-            others)
-    return loss / len(global_scores)
+__all__ = ["SwAV"]
 
 
 class SwAV(JointEmbeddingMethod):
@@ -99,7 +56,7 @@ class SwAV(JointEmbeddingMethod):
         super().__init__(backbone, in_channels)
         self.head = mlp_head(self.backbone.feature_dim, hidden_dim, out_dim)
         self.prototypes = nn.Linear(out_dim, num_prototypes, bias=False)
-        self.temperature, self.epsilon, self.iterations = temperature, sinkhorn_epsilon, sinkhorn_iterations
+        self.criterion = SwAVLoss(temperature, sinkhorn_epsilon, sinkhorn_iterations)
         self.freeze_prototypes_iterations, self.num_global_views = freeze_prototypes_iterations, num_global_views
         self.register_buffer("queue", torch.zeros(num_global_views, queue_length, out_dim))  # (G, L, D)
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
@@ -136,7 +93,7 @@ class SwAV(JointEmbeddingMethod):
         if length and int(self.queue_filled) == length:
             queue_scores = [q @ weight.detach().t() for q in self.queue]
         g = self.num_global_views
-        loss = swav_loss(scores[:g], scores[g:], self.temperature, self.epsilon, self.iterations, queue_scores)
+        loss = self.criterion(scores[:g], scores[g:], queue_scores)
         if self.training and length:
             self.push([f.detach() for f in z[:g]])
         return {"loss": loss, "prototypes_frozen": torch.tensor(float(frozen))}

@@ -130,6 +130,12 @@ class StudyConfig:
                 raise ValueError(f"task {name!r} needs dataset_dir and class_names")
 
     @property
+    def data_dirs(self) -> list[str]:
+        """The data the study reads: the pre-training collection and each task's labelled set."""
+        return [str(d) for d in [self.pretrain.get("dataset_dir"), *(t["dataset_dir"] for t in self.tasks.values())]
+                if d is not None]
+
+    @property
     def arms(self) -> list[str]:
         """What is fine-tuned: the methods, then the external encoders."""
         return list(self.methods) + list(self.external)
@@ -178,7 +184,7 @@ def load_study_config(path: str | os.PathLike | None = None, preset: str | None 
     if unknown:
         raise ValueError(f"unknown study fields {sorted(unknown)}")
     if "{demo}" in str(merged):
-        from medssl_monai.bundle import demo_data_dir
+        from medssl_monai.bundle import demo_root
 
-        merged = _fill(merged, demo_dir or demo_data_dir())
+        merged = _fill(merged, demo_dir or str(demo_root()))
     return StudyConfig(**merged)

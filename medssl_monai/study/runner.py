@@ -28,7 +28,8 @@ from itertools import groupby
 from pathlib import Path
 
 from medssl_monai.bundle import bundle_root
-from medssl_monai.engines.identity import file_sha256, identity_differences
+from medssl_monai.checkpoints import training_checkpoints
+from medssl_monai.utils.identity import file_sha256, identity_differences
 from medssl_monai.study.config import StudyConfig
 from medssl_monai.study.report import RESULT_FIELDS, write_report
 from medssl_monai.utils import write_json
@@ -236,7 +237,7 @@ class Study:
         row = self._row(run, seconds, identity)
         # done.json now marks the run finished: its resumable training state (two 134 MB checkpoints for a
         # ResNet18, 40 GB over the demo's runs) is no longer needed; the best model (model.pt) stays
-        for checkpoint in (folder / "models").glob("checkpoint_*.pt"):
+        for checkpoint in training_checkpoints(folder / "models"):
             checkpoint.unlink()
         return row
 

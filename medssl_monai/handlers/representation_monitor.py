@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from scipy.stats import binomtest
 from torch import nn
 
 from medssl_monai.data.downstream import downstream_dataset
-from medssl_monai.engines.trainer import is_main_process
+from medssl_monai.utils.distributed import is_main_process
 from medssl_monai.evaluation.probes import knn_predict
 
 __all__ = ["RepresentationMonitor", "RepresentationCollapseError", "collapse_indicators", "wilson_interval"]
@@ -85,7 +86,7 @@ class RepresentationMonitor:
         network: the method (DDP-wrapped or not); it must have ``encode(images) -> (B, D)``.
         data_dir: a labelled set in a downstream layout (its ``train`` split is the k-NN memory, ``val`` the
             queries); ``None`` or a missing folder turns monitoring off with a log line.
-        log_dir: TensorBoard folder (the training log's).
+        summary_writer: the run's TensorBoard writer (see :func:`~medssl_monai.utils.summary_writer`).
         image_size: images are resized to the pre-training size.
         window, in_channels: as in pre-training.
         layout, encoding: of the labelled set (see :func:`~medssl_monai.data.downstream_dataset`).
@@ -103,7 +104,7 @@ class RepresentationMonitor:
         self,
         network: nn.Module,
         data_dir: str | os.PathLike | None,
-        log_dir: str | os.PathLike,
+        summary_writer: Any,
         image_size: int,
         window: str | Sequence[float] = "full",
         in_channels: int = 1,
@@ -117,13 +118,12 @@ class RepresentationMonitor:
         collapse_patience: int | None = None,
     ) -> None:
         self.network = getattr(network, "module", network)  # features need no DDP synchronisation
-        self.data_dir, self.log_dir, self.interval = data_dir, str(log_dir), interval
+        self.data_dir, self.writer, self.interval = data_dir, summary_writer, interval
         self.data_args = {"layout": layout, "encoding": encoding, "window": window, "in_channels": in_channels,
                           "transform": Resized("image", spatial_size=(image_size, image_size))}
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
         self.collapse_threshold, self.collapse_patience = collapse_threshold, collapse_patience
         self.history: dict[str, list[float]] = {}  # collapse indicator -> its values, one per measurement
-        self.writer = None
 
     def attach(self, engine: Engine) -> None:
         if not self.interval or not is_main_process():
@@ -133,9 +133,6 @@ class RepresentationMonitor:
             return
         self.train_data = downstream_dataset(path=self.data_dir, split="train", **self.data_args)
         self.val_data = downstream_dataset(path=self.data_dir, split="val", **self.data_args)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(self.log_dir)
         self.writer.add_custom_scalars_marginchart(["knn/accuracy", "knn/accuracy_low", "knn/accuracy_high"],
                                                    category="knn", title="accuracy with its 95% interval")
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)

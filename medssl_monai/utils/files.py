@@ -1,4 +1,4 @@
-"""Small helpers shared across the package: atomic file writes, command-line booleans."""
+"""Atomic file writes: readers see the old file or the complete new one, never half of one."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["as_bool", "atomic_path", "write_json"]
+__all__ = ["atomic_path", "write_json"]
 
 
 @contextmanager
@@ -38,16 +38,3 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def as_bool(value: Any, name: str) -> bool:
-    """A boolean id as given on the command line: ``python -m monai.bundle run --resume false`` passes the
-    string ``"false"``, which Python would take as true."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no", "none"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}")

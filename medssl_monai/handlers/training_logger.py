@@ -1,22 +1,22 @@
-"""Progress on the console, in log files and in TensorBoard: loss, lr, images/s, image grids of what the method
-sees, and one summary line at the end of a run."""
+"""Progress of a pre-training run on the console, in log files and in TensorBoard: loss, lr, images/s, image
+grids of what the method sees, and one summary line at the end of the run."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
-from medssl_monai.engines.trainer import is_main_process
-from medssl_monai.utils import as_bool
+from medssl_monai.utils.distributed import is_main_process
+from medssl_monai.utils.options import as_bool
 
 __all__ = ["TrainingLogger", "format_duration"]
 
@@ -37,7 +37,7 @@ class TrainingLogger:
     """Attach progress, TensorBoard logging and a summary line to a trainer (on rank 0).
 
     Args:
-        log_dir: TensorBoard folder.
+        summary_writer: the run's TensorBoard writer (see :func:`~medssl_monai.utils.summary_writer`).
         optimizer: its first group's lr is logged.
         image_interval: iterations between image grids (0: none). Grids show the output keys present among
             ``images``, ``second_view``, ``masked_input`` and ``reconstruction`` (first 4 samples, first channel).
@@ -50,21 +50,20 @@ class TrainingLogger:
     Besides loss, lr and images/s, every scalar tensor of the output (MoCo's positive similarity, BYOL's tau,
     SwAV's prototype freeze) is logged as ``train/<name>``. At the end of the run one line gives the wall time,
     mean images/s, the first and last epoch's mean loss, the last k-NN accuracy with its interval (from
-    ``engine.state.metrics``, see :class:`~medssl_monai.engines.monitor.RepresentationMonitor`) and ``outputs``;
+    ``engine.state.metrics``, see :class:`~medssl_monai.handlers.RepresentationMonitor`) and ``outputs``;
     a run stopped by an error or a kill logs what it had done and re-raises. Attach it after the handlers whose
     work the summary reports (the monitor, the encoder export).
     """
 
     IMAGE_KEYS = ("images", "second_view", "masked_input", "reconstruction")
 
-    def __init__(self, log_dir: str | os.PathLike, optimizer: torch.optim.Optimizer, image_interval: int = 50,
+    def __init__(self, summary_writer: Any, optimizer: torch.optim.Optimizer, image_interval: int = 50,
                  progress: bool = True, outputs: Mapping[str, str] | None = None, line_percent: float = 10.0,
                  line_seconds: float = 60.0) -> None:
-        self.log_dir, self.optimizer = str(log_dir), optimizer
+        self.writer, self.optimizer = summary_writer, optimizer
         self.image_interval, self.progress = image_interval, as_bool(progress, "progress")
         self.outputs = dict(outputs or {})
         self.line_percent, self.line_seconds = line_percent, line_seconds
-        self.writer = None
         self._tick = 0.0
         self._started = self._last_line = 0.0
         self._images = self._window_images = 0  # images this process trained on: in all, since the last line
@@ -75,9 +74,6 @@ class TrainingLogger:
     def attach(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(self.log_dir)
         engine.add_event_handler(Events.STARTED, self._on_start)
         engine.add_event_handler(Events.ITERATION_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._log)

@@ -2,7 +2,7 @@
 
 A bundle lists the resolved ids that change its result (data, method, network, schedule, label fraction,
 seed, the pre-trained weights by content hash) in a :class:`RunIdentity`. The checkpoint writer saves it beside
-the states, and :class:`~medssl_monai.engines.checkpoint.ResumeFromCheckpoint` compares it with the new run's
+the states, and :class:`~medssl_monai.handlers.ResumeFromCheckpoint` compares it with the new run's
 before loading anything: a difference is refused with :class:`RunMismatchError`, which names each differing id
 with both values. Files are identified by their SHA-256, folders by their path and the list of samples they
 yield (pixel content is not hashed: that would read a whole archive at every start).

@@ -1,0 +1,48 @@
+"""Writing the project's training checkpoint (see :mod:`medssl_monai.checkpoints`) atomically, at an interval
+and at the end of a run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+
+from medssl_monai.checkpoints import TRAINING_CHECKPOINT_PREFIX
+
+__all__ = ["CheckpointWriter"]
+
+
+class CheckpointWriter:
+    """Write ``checkpoint_<iteration>.pt`` every ``interval`` iterations (or epochs) and at the end, keeping
+    ``n_saved``.
+
+    Args:
+        ckpt_dir: output folder (created).
+        save_dict: name -> object with ``state_dict``; include the trainer as ``trainer`` and the run's
+            :class:`~medssl_monai.utils.identity.RunIdentity` as ``identity``.
+        interval: iterations between checkpoints, or epochs with ``epoch_level``.
+        epoch_level: save at the end of every ``interval`` epochs, after the handlers attached before this one
+            (validation and best-model bookkeeping), so a resume restores them as they were.
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike, save_dict: Mapping, interval: int = 100, n_saved: int = 2,
+                 epoch_level: bool = False) -> None:
+        self.interval, self.epoch_level = interval, epoch_level
+        self.checkpoint = Checkpoint(
+            dict(save_dict), DiskSaver(ckpt_dir, atomic=True, require_empty=False),
+            filename_prefix=TRAINING_CHECKPOINT_PREFIX, n_saved=n_saved,
+            global_step_transform=lambda engine, _: engine.state.iteration, filename_pattern="{filename_prefix}_{global_step}.{ext}",
+        )
+
+    def attach(self, engine: Engine) -> None:
+        every = (Events.EPOCH_COMPLETED if self.epoch_level else Events.ITERATION_COMPLETED)(every=self.interval)
+        engine.add_event_handler(every | Events.COMPLETED, self._save)
+
+    def _save(self, engine: Engine) -> None:
+        last = self.checkpoint.last_checkpoint
+        if last is not None and Path(str(last)).name == f"{TRAINING_CHECKPOINT_PREFIX}_{engine.state.iteration}.pt":
+            return  # COMPLETED right after an interval save: that state is already written
+        self.checkpoint(engine)
