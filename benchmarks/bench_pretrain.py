@@ -133,6 +133,8 @@ def _measure(method: str, kind: str, backbone: str, size: int, batch: int, steps
         opt.zero_grad()
         loss_fn(views).backward()
         opt.step()
+        if hasattr(model, "update_momentum"):  # as the trainer does after the optimiser step
+            model.update_momentum()
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20

@@ -223,6 +223,16 @@ def test_demo_data_is_generated_again_only_when_its_generator_or_sizes_changed(t
     (out / "demo.json").write_text(json.dumps({**marker, "version": DEMO_VERSION - 1}))
     ensure_demo_data(out, **sizes)
     assert not (out / "stray.txt").exists() and json.loads((out / "demo.json").read_text())["version"] == DEMO_VERSION
+    assert not (out / ".demo_incomplete").exists()
+    (out / "demo.json").unlink()
+    (out / ".demo_incomplete").touch()  # a generation killed before its end is made again
+    assert (ensure_demo_data(out, **sizes) / "demo.json").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "scan.nii.gz").write_text("a user's file")
+    with pytest.raises(FileExistsError, match="no demo collection"):  # never removed
+        ensure_demo_data(mine, **sizes)
+    assert (mine / "scan.nii.gz").is_file()
 
 
 def test_demo_data_cli_is_deterministic(tmp_path):

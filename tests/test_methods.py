@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from medssl_monai.optimizers import build_optimizer
 from medssl_monai.networks import BYOL, SwAV, MoCo
-from medssl_monai.losses import InfoNCELoss, SwAVLoss, SymmetricNegativeCosineLoss, sinkhorn
+from medssl_monai.losses import InfoNCELoss, MaskedPatchLoss, SwAVLoss, SymmetricNegativeCosineLoss, sinkhorn
 from medssl_monai.networks.momentum import ema_update_
 
 import lightly.loss as lightly_loss  # a test dependency (the "test" extra): the reference implementations
@@ -46,6 +46,18 @@ def test_swav_loss_and_sinkhorn_equal_lightly(with_queue):
     expected = lightly_loss.SwaVLoss(temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05)(high, low, queue)
     assert SwAVLoss(0.1, 0.05, 3)(high, low, queue).item() == pytest.approx(expected.item(), abs=1e-5)
     assert torch.allclose(sinkhorn(high[0], 0.05, 3), lightly_sinkhorn(high[0], 3, 0.05), atol=1e-6)
+
+
+def test_masked_patch_loss_equals_the_official_spark_formula():
+    """SparK's loss as its authors compute it: each target patch normalised by its mean and (unbiased) variance
+    + 1e-6, the mean squared error per patch, averaged over the masked patches."""
+    torch.manual_seed(7)
+    pred, target = torch.randn(3, 4, 12), torch.randn(3, 4, 12)  # (B, L, P)
+    hidden = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+    l2 = ((pred - (target - mean) / (var + 1e-6) ** 0.5) ** 2).mean(dim=2)
+    expected = (l2 * hidden).sum() / (hidden.sum() + 1e-8)
+    assert MaskedPatchLoss()(pred, target, hidden).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_ema_update_equals_lightly_and_moves_only_the_target():

@@ -33,12 +33,14 @@ from medssl_monai.data.synthetic import ChestPhantom, Scanner, Tissue, generate_
 from medssl_monai.data.transforms import PNG_HU_OFFSET
 from medssl_monai.utils import atomic_path, write_json
 
-__all__ = ["make_demo_data", "ensure_demo_data", "demo_data_version", "DEMO_VERSION", "ORGAN_CLASSES", "COVID_CLASSES", "ORGAN_WINDOW"]
+__all__ = ["make_demo_data", "ensure_demo_data", "demo_data_version", "DEMO_VERSION", "ORGAN_CLASSES", "COVID_CLASSES",
+           "ORGAN_WINDOW"]
 
 logger = logging.getLogger(__name__)
 
 DEMO_VERSION = 2  # of the generator's output: 2 = learnable COVID-like task, 5,376-slice pool, 128 px
 
+INCOMPLETE = ".demo_incomplete"  # present while a collection is being written
 ORGAN_WINDOW = (-1000.0, 1000.0)  # HU range mapped to 0..255 in the organ patches
 COVID_CLASSES = ("NonCOVID", "COVID")  # label 0, label 1
 ORGAN_CLASSES = (
@@ -194,6 +196,7 @@ def make_demo_data(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / INCOMPLETE).touch()  # until demo.json is written: a killed run's folder is known as ours
     root = np.random.SeedSequence(seed)
     ss_patients, ss_covid, ss_organ, ss_split = root.spawn(4)
     # one stream per part, so that the size of one part never changes the splits of another
@@ -262,6 +265,7 @@ def make_demo_data(
     write_json(out / "demo.json", {"version": DEMO_VERSION, "seed": seed, "patients": patients, "size": size,
                                    "slices": slices, "covid_images": covid_images, "organ_patches": organ_patches,
                                    "dicom_patients": dicom_patients})
+    (out / INCOMPLETE).unlink()
     return out
 
 
@@ -276,7 +280,9 @@ def demo_data_version(out: str | os.PathLike) -> tuple[int, int] | None:
 
 def ensure_demo_data(out: str | os.PathLike, **sizes) -> Path:
     """``out`` as :func:`make_demo_data` would write it now with ``sizes``: kept when its ``demo.json`` says so,
-    else removed and generated again (missing, half-written, or made by another generator version)."""
+    else removed and generated again (missing, half-written, or made by another generator version). A folder
+    with files but neither ``demo.json`` nor the mark of an interrupted generation is not a demo collection and
+    is never removed (``FileExistsError``)."""
     out = Path(out)
     marker = out / "demo.json"
     found = json.loads(marker.read_text()) if marker.is_file() else {}
@@ -284,6 +290,9 @@ def ensure_demo_data(out: str | os.PathLike, **sizes) -> Path:
     wanted = {k: v for k, v in {**defaults, **sizes}.items() if k != "workers"}
     if found.get("version") == DEMO_VERSION and all(found.get(k) == v for k, v in wanted.items()):
         return out
+    if out.exists() and not (marker.is_file() or (out / INCOMPLETE).is_file()) and any(out.iterdir()):
+        raise FileExistsError(f"{out} holds files but no demo collection (no demo.json): not replacing it; give "
+                              "an empty or new folder")
     state = "missing" if not out.exists() else f"of generator version {found.get('version')} or other sizes"
     logger.info(f"demo data {state}: generating version {DEMO_VERSION} in {out} (about a minute on 2 cores)")
     shutil.rmtree(out, ignore_errors=True)

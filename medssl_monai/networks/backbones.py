@@ -7,7 +7,6 @@ The modules keep torchvision's names, so a backbone's state_dict (less ``fc``) l
 
 from __future__ import annotations
 
-import torch
 import torchvision
 from torch import nn
 

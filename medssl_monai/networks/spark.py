@@ -15,7 +15,6 @@ masked patches only.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medssl_monai.losses.masked_reconstruction import MaskedPatchLoss, normalise_patches
