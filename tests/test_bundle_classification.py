@@ -199,7 +199,8 @@ def test_inference_from_the_project_root_needs_no_paths_but_the_model(trained, t
 def test_workflow_properties(workflow, config, demo_dir, tmp_path):
     from monai.bundle import ConfigWorkflow
 
-    overrides = {"dataset_dir": str(demo_dir / "covid_ct"), "ckpt_dir": str(tmp_path), "log_dir": str(tmp_path)}
+    overrides = {"dataset_dir": str(demo_dir / "covid_ct"), "ckpt_dir": str(tmp_path), "log_dir": str(tmp_path),
+                 "pretrained_checkpoint": "none"}  # the default, the demo SparK encoder, exists only once trained
     wf = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type=workflow,
                         **(overrides if workflow == "train" else {"bundle_root": str(tmp_path)}))
     wf.initialize()
