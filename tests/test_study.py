@@ -281,3 +281,22 @@ def test_the_paper_plan_holds_the_protocol_and_runs_nothing(tmp_path, capsys):
     assert "--temperature 0.07 --queue_size 65536" in out and "--max_epochs 70 --freeze_epochs 10" in out
     assert "linear spark organs fraction 0.05 seed 2: ct_classification in" in out and "--protocol knn" in out
     assert f"{4 + 5 * 2 * 3 * 5 * 3} bundle runs planned" in out and not (tmp_path / "paper").exists()
+
+
+def test_a_run_log_leaves_no_handler_on_its_closed_file(tmp_path, capsys):
+    """A library logger given a StreamHandler(sys.stdout) inside one run (as MONAI's StatsHandler does) must not
+    write into that run's closed log during the next run."""
+    import logging
+    import sys
+
+    from medssl_monai.study.runner import _logged
+
+    with _logged(tmp_path / "one.log"):
+        library = logging.getLogger("medssl_test_library")
+        library.addHandler(logging.StreamHandler(sys.stdout))
+        library.warning("first run")
+    with _logged(tmp_path / "two.log"):
+        library.warning("second run")
+    assert "Logging error" not in (tmp_path / "two.log").read_text() + capsys.readouterr().err
+    assert "second run" in (tmp_path / "two.log").read_text() and "first run" in (tmp_path / "one.log").read_text()
+    assert not library.handlers

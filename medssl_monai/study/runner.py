@@ -88,6 +88,19 @@ def _logged(path: Path) -> Iterator[None]:
         finally:
             root.removeHandler(handler)
             root.setLevel(level)
+            _drop_handlers_on(log)
+
+
+def _drop_handlers_on(stream) -> None:
+    """Remove every logging handler writing to ``stream``: libraries that attach a ``StreamHandler(sys.stdout)``
+    to a named logger inside a run (MONAI's StatsHandler) would otherwise write to the closed file of the
+    first run, with a "Logging error" traceback on every message of each later run."""
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for h in list(logger.handlers):
+            if getattr(h, "stream", None) is stream:
+                logger.removeHandler(h)
 
 
 def _parser(bundle: str, overrides: dict):
