@@ -118,10 +118,11 @@ def test_no_checkpoint_means_from_scratch(caplog):
 def test_the_demo_default_encoder_must_exist_and_fit_and_the_error_says_how_to_make_it(tmp_path, monkeypatch):
     """The demo's default encoder is looked up, never replaced by a silent start from scratch."""
     import medssl_monai.bundle as bundle
+    from medssl_monai.bundle import roots
     from medssl_monai.checkpoints import save_encoder
     from medssl_monai.networks import resnet
 
-    monkeypatch.setattr(bundle, "_SOURCE_ROOT", tmp_path)
+    monkeypatch.setattr(roots, "SOURCE_ROOT", tmp_path)
     command = "python -m monai.bundle run --config_file bundles/spark_pretrain/configs/train.json --backbone resnet18"
     with pytest.raises(FileNotFoundError, match="no spark demo encoder") as missing:
         bundle.demo_encoder("spark", "resnet18")
@@ -137,9 +138,10 @@ def test_the_demo_default_encoder_must_exist_and_fit_and_the_error_says_how_to_m
 
 def test_the_demo_data_default_is_looked_up_never_generated(tmp_path, monkeypatch):
     import medssl_monai.bundle as bundle
+    from medssl_monai.bundle import roots
     from medssl_monai.data.demo import DEMO_VERSION
 
-    monkeypatch.setattr(bundle, "_SOURCE_ROOT", tmp_path)
+    monkeypatch.setattr(roots, "SOURCE_ROOT", tmp_path)
     (tmp_path / "bundles").mkdir()
     with pytest.raises(FileNotFoundError, match="is missing: make it with `medssl-monai demo-data`"):
         bundle.demo_data_dir()
