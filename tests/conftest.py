@@ -21,8 +21,9 @@ def demo_dir(tmp_path_factory):
 
 
 def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0) -> str:
-    """Start ``cmd`` and SIGKILL it as soon as its first ``checkpoint_*.pt`` appears in ``ckpt_dir``, as a job
-    killed by a scheduler would be; returns its output. Fails if the run ended before it could be killed."""
+    """Start ``cmd`` and SIGKILL it as soon as a new ``checkpoint_*.pt`` appears in ``ckpt_dir`` (one that was
+    not there when it started), as a job killed by a scheduler would be; returns its output. Fails if the run
+    ended before it could be killed."""
     import os
     import signal
     import subprocess
@@ -30,11 +31,12 @@ def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0) -> str:
     import time
     from pathlib import Path
 
+    before = set(Path(ckpt_dir).glob("checkpoint_*.pt"))
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
         deadline = time.monotonic() + timeout
-        while not list(Path(ckpt_dir).glob("checkpoint_*.pt")):
+        while not set(Path(ckpt_dir).glob("checkpoint_*.pt")) - before:
             if proc.poll() is not None:
                 log.seek(0)
                 raise AssertionError(f"the run ended (exit {proc.returncode}) before its first checkpoint:\n"

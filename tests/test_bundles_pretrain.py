@@ -140,6 +140,22 @@ def test_a_run_with_other_settings_is_refused_and_the_same_one_is_finished(tiny_
     assert same.returncode == 0 and "this run is already finished" in same.stdout + same.stderr
 
 
+def test_restarts_after_kills_keep_n_saved_checkpoints(demo_dir, tmp_path):
+    """Killed (SIGKILL) at each new checkpoint and started again 4 times, then finished: the folder holds the
+    n_saved = 2 newest training checkpoints, not one more per restart, and every restart resumed."""
+    ckpt = tmp_path / "run"
+    args = ["-m", "monai.bundle", "run", "--config_file", str(_bundle("spark") / "configs" / "train.json"),
+            "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone",
+            "resnet18", "--image_size", "64", "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "1",
+            "--max_epochs", "4", "--monitor_interval", "0", "--progress", "false"]  # 16 iterations
+    logs = [run_killed([sys.executable, *args], ckpt, cwd=tmp_path) for _ in range(5)]
+    assert all("resumed from" in log for log in logs[1:])
+    final = _run(*args[2:], cwd=tmp_path)
+    assert final.returncode == 0 and "resumed from" in final.stdout + final.stderr
+    names = sorted(p.name for p in ckpt.glob("checkpoint_*.pt"))
+    assert names == ["checkpoint_15.pt", "checkpoint_16.pt"], names
+
+
 def test_log_file_has_progress_lines_and_ends_with_a_summary(tiny_run):
     method, ckpt, second = tiny_run  # output captured through a pipe, as a log file or batch scheduler would
     log = second.stdout + second.stderr

@@ -156,6 +156,10 @@ def test_finished_runs_with_other_settings_are_refused_not_reused(study):
         Study(changed, out).run(progress=False)
     done = json.loads((_run_dir(out, "spark", "finetune", 1, 0) / "done.json").read_text())
     assert done["identity"]["pretrained_sha256"] and done["identity"]["label_fraction"] == 1.0
+    from medssl_monai.utils import file_sha256  # a changed bundle default is another run too
+
+    config = Path(__file__).parents[1] / "bundles" / "ct_classification" / "configs" / "train.json"
+    assert done["identity"]["config_sha256"] == file_sha256(config)
 
 
 def test_bad_study_configs_fail_clearly(tmp_path):

@@ -1,5 +1,5 @@
 """Writing the project's training checkpoint (see :mod:`medssl_monai.checkpoints`) atomically, at an interval
-and at the end of a run."""
+and at the end of a run, keeping ``n_saved`` of them across restarts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
-from medssl_monai.checkpoints import TRAINING_CHECKPOINT_PREFIX
+from medssl_monai.checkpoints import TRAINING_CHECKPOINT_PREFIX, training_checkpoints
+from medssl_monai.utils.distributed import is_main_process
 
 __all__ = ["CheckpointWriter"]
 
@@ -18,6 +19,12 @@ __all__ = ["CheckpointWriter"]
 class CheckpointWriter:
     """Write ``checkpoint_<iteration>.pt`` every ``interval`` iterations (or epochs) and at the end, keeping
     ``n_saved``.
+
+    Ignite's ``n_saved`` counts only the files this process wrote; a run killed and started again would leave
+    one more checkpoint per restart. So once a new checkpoint is on disk (written atomically), the older
+    training checkpoints in ``ckpt_dir`` beyond the newest ``n_saved`` are removed: they belong to this run
+    (a resume refuses a folder holding another run's), and the one a resume started from is only removed after
+    a newer one exists.
 
     Args:
         ckpt_dir: output folder (created).
@@ -30,6 +37,7 @@ class CheckpointWriter:
 
     def __init__(self, ckpt_dir: str | os.PathLike, save_dict: Mapping, interval: int = 100, n_saved: int = 2,
                  epoch_level: bool = False) -> None:
+        self.ckpt_dir, self.n_saved = ckpt_dir, n_saved
         self.interval, self.epoch_level = interval, epoch_level
         self.checkpoint = Checkpoint(
             dict(save_dict), DiskSaver(ckpt_dir, atomic=True, require_empty=False),
@@ -46,3 +54,6 @@ class CheckpointWriter:
         if last is not None and Path(str(last)).name == f"{TRAINING_CHECKPOINT_PREFIX}_{engine.state.iteration}.pt":
             return  # COMPLETED right after an interval save: that state is already written
         self.checkpoint(engine)
+        if is_main_process():  # the rank that writes
+            for old in training_checkpoints(self.ckpt_dir)[:-self.n_saved]:
+                old.unlink(missing_ok=True)

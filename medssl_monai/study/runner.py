@@ -168,8 +168,10 @@ class Study:
 
     @staticmethod
     def _identity(bundle: str, overrides: dict) -> dict:
-        """What defines a bundle run of the study: the bundle, its overrides and the starting weights' hash."""
-        identity = json.loads(json.dumps({"bundle": bundle, **overrides}))  # as done.json stores it
+        """What defines a bundle run of the study: the bundle, the SHA-256 of its ``train.json`` (a changed default
+        is another run), its overrides and the starting weights' hash."""
+        config = Path(bundle_root(bundle)) / "configs" / "train.json"
+        identity = json.loads(json.dumps({"bundle": bundle, "config_sha256": file_sha256(config), **overrides}))
         if overrides.get("pretrained_checkpoint", "none") != "none":
             identity["pretrained_sha256"] = file_sha256(overrides["pretrained_checkpoint"])
         return identity
