@@ -44,12 +44,12 @@ def _compose_configs(args: argparse.Namespace) -> int:
     if args.check:
         for path in stale:
             print(f"stale: {path}", file=sys.stderr)
-        print(f"{len(stale)} composed config(s) differ from bundles/_shared/pretrain")
+        print(f"{len(stale)} composed config(s) differ from medssl_monai/bundle/templates/pretrain")
         return 1 if stale else 0
     for path, text in composed_pretrain_configs().items():
         if path in stale:
             path.write_text(text)
-    print(f"{len(stale)} config(s) rewritten from bundles/_shared/pretrain")
+    print(f"{len(stale)} config(s) rewritten from medssl_monai/bundle/templates/pretrain")
     return 0
 
 
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pack_bundle)
 
     p = sub.add_parser("compose-configs", help="write the four pre-training bundles' configs from their shared "
-                       "source, bundles/_shared/pretrain")
+                       "source, medssl_monai/bundle/templates/pretrain")
     p.add_argument("--check", action="store_true", help="only report configs that differ from their source")
     p.set_defaults(func=_compose_configs)
 

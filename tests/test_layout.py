@@ -92,10 +92,10 @@ def test_pretraining_configs_are_composed_from_the_shared_source():
     composed = composed_pretrain_configs()
     assert len(composed) == 8
     stale = [str(path.relative_to(ROOT)) for path, text in composed.items() if path.read_text() != text]
-    assert not stale, f"{stale} differ from bundles/_shared/pretrain: run `medssl-monai compose-configs`"
-    common = json.loads((ROOT / "bundles" / "_shared" / "pretrain" / "train.json").read_text())
+    assert not stale, f"{stale} differ from medssl_monai/bundle/templates/pretrain: run `medssl-monai compose-configs`"
+    common = json.loads((PACKAGE / "bundle" / "templates" / "pretrain" / "train.json").read_text())
     for path, text in composed.items():  # each composed file is self-contained: no marker, no shared reference
-        assert "__method_ids__" not in text and "_shared" not in text
+        assert "__method_ids__" not in text and "templates" not in text
         if path.name == "train.json":
             assert set(common) - {"__method_ids__"} <= set(json.loads(text))
 

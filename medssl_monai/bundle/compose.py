@@ -1,5 +1,5 @@
-"""The four pre-training bundles' configs, composed from one shared source (``bundles/_shared/pretrain``, see
-its README): what they share is written once, and each composed ``train.json`` stays self-contained."""
+"""The four pre-training bundles' configs, composed from one shared source (``templates/pretrain`` beside this
+module, see its README): what they share is written once, and each composed ``train.json`` stays self-contained."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from medssl_monai.bundle.roots import SOURCE_ROOT
 
 __all__ = ["METHOD_IDS", "PRETRAIN_METHODS", "compose_config", "composed_pretrain_configs"]
 
+TEMPLATES = Path(__file__).resolve().parent / "templates" / "pretrain"
 PRETRAIN_METHODS = ("spark", "moco", "byol", "swav")
 PRETRAIN_CONFIGS = ("train.json", "multi_gpu_train.json")
 METHOD_IDS = "__method_ids__"  # where a method's own top-level ids go in the composed config
@@ -52,7 +53,7 @@ def _target_first(node: object) -> object:
 
 def composed_pretrain_configs(shared: str | os.PathLike | None = None) -> dict[Path, str]:
     """bundles/<method>_pretrain/configs/<config> -> its composed text, for each pre-training method."""
-    shared = Path(shared or SOURCE_ROOT / "bundles" / "_shared" / "pretrain")
+    shared = Path(shared or TEMPLATES)
     out = {}
     for config in PRETRAIN_CONFIGS:
         common = json.loads((shared / config).read_text())
@@ -60,5 +61,5 @@ def composed_pretrain_configs(shared: str | os.PathLike | None = None) -> dict[P
             overlay_file = shared / method / config
             overlay = json.loads(overlay_file.read_text()) if overlay_file.is_file() else {}
             text = json.dumps(compose_config(common, overlay), indent=4) + "\n"
-            out[shared.parent.parent / f"{method}_pretrain" / "configs" / config] = text
+            out[SOURCE_ROOT / "bundles" / f"{method}_pretrain" / "configs" / config] = text
     return out
