@@ -139,13 +139,15 @@ def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp
     for name in ("configs", "docs", "LICENSE", "sample.png"):
         src = BUNDLE / name
         subprocess.run(["cp", "-r", str(src), str(root / name)], check=True)
-    (root / "models" / "model.pt").write_bytes((out / "models" / "model.pt").read_bytes())
+    for name in ("model.pt", "model.json"):  # the weights and the settings they were trained with
+        (root / "models" / name).write_bytes((out / "models" / name).read_bytes())
     assert main(["pack-bundle", "ct_classification", "--out", str(tmp_path / "cls.zip"), "--bundle-root",
                  str(root)]) == 0
     with zipfile.ZipFile(tmp_path / "cls.zip") as archive:
         names = archive.namelist()
         assert {n.split("/")[0] for n in names} == {"ct_classification"}
-        assert "ct_classification/models/model.pt" in names and "ct_classification/configs/inference.json" in names
+        assert {"ct_classification/models/model.pt", "ct_classification/models/model.json",
+                "ct_classification/configs/inference.json"} <= set(names)
         assert "ct_classification/sample.png" in names
         archive.extractall(tmp_path / "unzipped")
     unpacked = tmp_path / "unzipped" / "ct_classification"
@@ -162,7 +164,7 @@ def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp
     net.load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
     for window in ("lung", "minmax"):
         result = _run("run", "--config_file", str(unpacked / "configs" / "inference.json"), "--bundle_root",
-                      str(unpacked), "--input_image", str(image), "--window", window, *SMALL, cwd=tmp_path)
+                      str(unpacked), "--input_image", str(image), "--window", window, cwd=tmp_path)  # size as trained
         assert result.returncode == 0, result.stderr[-3000:]
         assert "class probabilities: {'NonCOVID':" in result.stdout
         with open(unpacked / "eval" / "predictions.csv") as f:
@@ -179,7 +181,7 @@ def test_packed_bundle_infers_without_the_package_configs(trained, demo_dir, tmp
         assert probs == pytest.approx(expected.tolist(), abs=1e-4), window
     # without --input_image: the bundle's own sample image
     result = _run("run", "--config_file", str(unpacked / "configs" / "inference.json"), "--bundle_root",
-                  str(unpacked), *SMALL, cwd=tmp_path)
+                  str(unpacked), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(unpacked / "eval" / "predictions.csv") as f:
         assert next(csv.reader(f))[0] == str(unpacked / "sample.png")

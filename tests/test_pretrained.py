@@ -136,6 +136,21 @@ def test_the_demo_default_encoder_must_exist_and_fit_and_the_error_says_how_to_m
     assert "--backbone resnet50" in str(other.value)
 
 
+@pytest.mark.parametrize("argv", [["--pretrained_checkpoint", "None"], ["--pretrained_checkpoint=none"]])
+def test_none_on_the_command_line_means_from_scratch_although_monai_drops_it(argv, tmp_path, monkeypatch):
+    """``python -m monai.bundle run ... --pretrained_checkpoint None`` never reaches the config (MONAI drops
+    None overrides); the default sees it on the command line and starts from scratch, encoder or not."""
+    import medssl_monai.bundle as bundle
+    from medssl_monai.bundle import roots
+
+    monkeypatch.setattr(roots, "SOURCE_ROOT", tmp_path)
+    monkeypatch.setattr("sys.argv", ["monai.bundle", "run", "--config_file", "train.json", *argv])
+    assert bundle.demo_encoder("spark", "resnet18") is None
+    monkeypatch.setattr("sys.argv", ["monai.bundle", "run", "--pretrained_checkpoint_format", "none"])
+    with pytest.raises(FileNotFoundError, match="no spark demo encoder"):
+        bundle.demo_encoder("spark", "resnet18")
+
+
 def test_the_demo_data_default_is_looked_up_never_generated(tmp_path, monkeypatch):
     import medssl_monai.bundle as bundle
     from medssl_monai.bundle import roots

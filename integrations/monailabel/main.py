@@ -1,40 +1,66 @@
-"""MONAI Label app serving medssl-monai's ct_classification bundle as a classifier.
+"""MONAI Label app serving medssl-monai's trained ct_classification bundle as a classifier.
 
-It extends the stock ``monaibundle`` sample app (fetched by ``build_env.sh`` into ``./monaibundle``) and
-changes one thing: the bundle's inference task is built as a classification task without the ``Restored``
-post-transform, which the stock app adds and which fails on a (C,) classifier output. MONAI Label then
-answers ``{"prediction": [{"idx", "label", "score"}, ...]}`` with the class names of the bundle's metadata.
+``serve.sh`` copies the trained bundle to ``model/ct_classification`` and starts MONAI Label on this folder.
+MONAI Label takes the class in this file whose direct base is ``MONAILabelApp``; :class:`CTClassificationApp`
+is that class. Each bundle under ``model/`` named by ``--conf models`` becomes a classification task: MONAI
+Label answers ``{"prediction": [{"idx", "label", "score"}, ...]}``. The bundle's ``inference.json`` reads the
+settings the model was trained with from ``models/model.json`` (written beside ``model.pt`` by training), so
+the model is served as trained, class names included. The stock ``Restored`` post-transform, which fails on a (C,) classifier
+output, is left out. Training through MONAI Label is not offered: its datastore gives label file paths, not
+class numbers; train with the bundle.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import logging
 from pathlib import Path
 
-from monailabel.interfaces.tasks.infer_v2 import InferType
+import monailabel
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 logger = logging.getLogger(__name__)
 
 
-def _stock_app():
-    """The monaibundle sample app's ``MyApp`` class, loaded under its own module name."""
-    path = Path(__file__).resolve().parent / "monaibundle" / "main.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: run integrations/monailabel/build_env.sh first")
-    spec = importlib.util.spec_from_file_location("monaibundle_app", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MyApp
+class CTClassificationApp(MONAILabelApp):
+    """Serves the bundles ``conf["models"]`` (comma-separated folder names under ``APP_DIR/model``)."""
 
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.models = self._bundles(Path(app_dir) / "model", conf.get("models", "ct_classification"))
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="medssl-monai CT classification",
+                         description="ct_classification bundles fine-tuned from self-supervised CT encoders",
+                         version=monailabel.__version__)
 
-class CTClassificationApp(_stock_app()):
-    """The monaibundle app whose bundles are served as classifiers."""
+    @staticmethod
+    def _bundles(root: Path, names: str) -> dict[str, Path]:
+        """name -> bundle folder; a missing bundle or model stops start-up with the folder and the remedy."""
+        bundles = {}
+        for name in filter(None, (n.strip() for n in names.split(","))):
+            path = root / name
+            for needed in ("configs/inference.json", "configs/metadata.json", "models/model.pt"):
+                if not (path / needed).is_file():
+                    raise FileNotFoundError(f"{path / needed} missing: train the bundle, then start the server "
+                                            "with integrations/monailabel/serve.sh, which copies it here")
+            settings = path / "models" / "model.json"
+            trained = json.loads(settings.read_text())["settings"] if settings.is_file() else "bundle defaults"
+            logger.info(f"+++ classifier {name} => {path} (trained with {trained})")
+            bundles[name] = path
+        if not bundles:
+            raise ValueError("no bundle to serve: pass --conf models NAME[,NAME...]")
+        return bundles
 
-    def init_infers(self):
+    def init_infers(self) -> dict[str, InferTask]:
         infers = {}
         for name, path in self.models.items():
-            infers[name] = BundleInferTask(path, self.conf, type=InferType.CLASSIFICATION, add_post_restore=False)
-            logger.info(f"+++ classifier {name} => {path}")
+            task = BundleInferTask(str(path), self.conf, type=InferType.CLASSIFICATION, add_post_restore=False)
+            # the class names as trained (inference.json reads them from model.json), not the metadata's
+            # defaults; lower-cased as MONAI Label does for the names it takes from the metadata
+            class_names = task.bundle_config.get_parsed_content("class_names")
+            task.labels = {label.lower(): index for index, label in enumerate(class_names)}
+            infers[name] = task
         return infers
+
+    def init_trainers(self) -> dict:
+        return {}

@@ -8,6 +8,7 @@ another bundle has run.
 from __future__ import annotations
 
 import logging
+import sys
 
 from medssl_monai.bundle import roots
 
@@ -34,14 +35,35 @@ def demo_data_dir() -> str:
     return str(root)
 
 
-def demo_encoder(method: str = "spark", backbone: str | None = None) -> str:
+def _none_on_command_line(name: str) -> bool:
+    """Whether the command line said ``--name None`` (or ``none``, ``null``): ``python -m monai.bundle run``
+    reads that value as Python's None and then drops the override, so the config's default is evaluated
+    although the user asked for no value."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        if value in ("None", "none", "null"):
+            return True
+    return False
+
+
+def demo_encoder(method: str = "spark", backbone: str | None = None) -> str | None:
     """``models/encoder.pt`` of this checkout's ``<method>_pretrain`` bundle: ``ct_classification``'s default
-    starting point, which must exist and (when ``backbone`` is given) be of that architecture.
+    starting point, which must exist and (when ``backbone`` is given) be of that architecture. ``None`` (from
+    scratch) only when the command line asked for it with ``--pretrained_checkpoint None``, which MONAI drops.
 
     Raises:
         FileNotFoundError, ValueError: the encoder is missing or of another backbone; the message gives the
             command that makes it, and the way to train from scratch instead.
     """
+    if _none_on_command_line("pretrained_checkpoint"):
+        logger.info("--pretrained_checkpoint None: from random initialisation")
+        return None
     path = roots.SOURCE_ROOT / "bundles" / f"{method}_pretrain" / "models" / "encoder.pt"
     make = (f"make it with `python -m monai.bundle run --config_file bundles/{method}_pretrain/configs/train.json"
             + (f" --backbone {backbone}`" if backbone else "`")

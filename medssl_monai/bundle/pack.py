@@ -11,9 +11,10 @@ from medssl_monai.utils.files import atomic_path
 
 __all__ = ["PACKED", "pack_bundle"]
 
-# what a shared bundle holds: configs, docs, licence, the sample image and the trained weights, not logs or
-# training checkpoints
-PACKED = ("configs", "docs", "LICENSE", "sample.png", "models/model.pt", "models/model.ts", "scripts")
+# what a shared bundle holds: configs, docs, licence, the sample image, the trained weights and the settings
+# they were trained with (model.json, read by inference.json), not logs or training checkpoints
+PACKED = ("configs", "docs", "LICENSE", "sample.png", "models/model.pt", "models/model.json", "models/model.ts",
+          "scripts")
 
 
 def pack_bundle(name: str, out: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:

@@ -1,17 +1,24 @@
-"""The best-validation model of a fine-tuning run, written whenever the metric improves, surviving a resume."""
+"""The best-validation model of a fine-tuning run, written whenever the metric improves, surviving a resume.
+
+Beside ``model.pt`` it writes ``model.json``: the settings the model was trained with (network, input size,
+window, encoding, class names) and the metric that chose it, so that inference and MONAI Label serve the model
+as it was trained, not with the bundle's defaults.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
 from medssl_monai.utils.distributed import is_main_process
-from medssl_monai.utils.files import atomic_path
+from medssl_monai.utils.files import atomic_path, write_json
 
 __all__ = ["BestModelSaver"]
 
@@ -23,10 +30,17 @@ class BestModelSaver:
 
     Attach to the validation evaluator. Its best value is part of the training checkpoint (``state_dict``),
     so a resumed run only replaces ``model.pt`` with something better.
+
+    Args:
+        settings: the ids inference needs to use the model as trained (``backbone``, ``image_size``,
+            ``in_channels``, ``window``, ``encoding``, ``class_names``), written with the metric to ``path``
+            with the suffix ``.json`` each time the model is.
     """
 
-    def __init__(self, network: nn.Module, path: str | os.PathLike, metric: str = "val_auc") -> None:
+    def __init__(self, network: nn.Module, path: str | os.PathLike, metric: str = "val_auc",
+                 settings: Mapping[str, Any] | None = None) -> None:
         self.network, self.path, self.metric = getattr(network, "module", network), Path(path), metric
+        self.settings = dict(settings or {})
         self.best, self.best_epoch = float("-inf"), 0
 
     def attach(self, engine: Engine) -> None:
@@ -40,6 +54,8 @@ class BestModelSaver:
         if is_main_process():
             with atomic_path(self.path) as tmp:
                 torch.save(self.network.state_dict(), tmp)
+            write_json(self.path.with_suffix(".json"), {"settings": self.settings, "metric": self.metric,
+                                                        "value": value, "epoch": self.best_epoch})
             logger.info(f"new best {self.metric} {value:.4f}: saved {self.path}")
 
     def state_dict(self) -> dict:
