@@ -21,18 +21,22 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _prepare_dicom(args: argparse.Namespace) -> int:
-    from medssl_monai.data.prepare import REPORT_NAME, PrepareError, prepare_dicom
+    from medssl_monai.data.prepare import DATALIST_NAME, REPORT_NAME, PrepareError, prepare_dicom
 
     try:
         report = prepare_dicom(
             args.src, args.out, on_error=args.on_error, val_fraction=args.val_fraction, seed=args.seed,
-            workers=args.workers, progress=not args.no_progress,
+            workers=args.workers, progress=not args.no_progress, keep_patient_ids=args.keep_patient_ids,
+            study_dates=args.study_dates, studies=args.studies, patients=args.patients,
         )
     except PrepareError as err:
         print(f"error: {err}\n(outputs written before this error are complete; re-run to continue)", file=sys.stderr)
         return 1
-    print(report.summary())
-    print(f"datalist: {Path(args.out) / 'datalist.json'}; report: {Path(args.out) / REPORT_NAME}")
+    out = Path(args.out)
+    print(report.summary(out))
+    print(f"datalist: {out / DATALIST_NAME}; report: {out / REPORT_NAME}")
+    if report.pseudonymised:
+        print(f"pseudonyms: the key and the pseudonym -> patient table are in {out / 'private'}: never share it")
     return 0
 
 
@@ -130,14 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=_demo_data)
 
-    p = sub.add_parser("prepare-dicom", help="convert a DICOM tree (LIDC-IDRI layout) to HU NIfTI and a datalist")
-    p.add_argument("--src", required=True, help="root of the DICOM tree")
+    p = sub.add_parser("prepare-dicom", help="CT series of a DICOM tree or a DICOMweb PACS to HU NIfTI and a "
+                                             "datalist, pseudonymised")
+    p.add_argument("--src", required=True, help="root of the DICOM tree, or a DICOMweb URL (http(s)://.../dicom-web; "
+                                                "credentials from MEDSSL_DICOMWEB_USER and MEDSSL_DICOMWEB_PASSWORD, "
+                                                "or MEDSSL_DICOMWEB_TOKEN)")
     p.add_argument("--out", required=True, help="output folder for images/, datalist.json and the report")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients in the validation list")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--keep-patient-ids", action="store_true",
+                   help="name outputs by PatientID and UIDs, not by keyed pseudonyms (for data already anonymous)")
+    p.add_argument("--study-dates", default=None, metavar="YYYYMMDD-YYYYMMDD",
+                   help="DICOMweb: only studies of this date range (either end may be left open)")
+    p.add_argument("--studies", nargs="+", default=None, metavar="UID", help="DICOMweb: only these StudyInstanceUIDs")
+    p.add_argument("--patients", nargs="+", default=None, metavar="ID", help="DICOMweb: only these PatientIDs")
     p.set_defaults(func=_prepare_dicom)
 
     p = sub.add_parser("export-encoder", help="write the backbone of a training checkpoint as a plain encoder file")

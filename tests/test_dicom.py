@@ -30,9 +30,11 @@ def test_round_trip_equals_generator_volume(demo_dir, tmp_path):
     datalist = json.loads((tmp_path / "datalist.json").read_text())
     entries = datalist["training"] + datalist["validation"]
     assert len(entries) == 3 and len(datalist["validation"]) == 1  # patient-level split
+    table = json.loads((tmp_path / "private" / "pseudonyms.json").read_text())  # pseudonym -> identifier
     for entry in entries:
+        assert entry["patient"].startswith("P") and table[entry["patient"]]["kind"] == "patient"
         ours = nib.load(tmp_path / entry["image"])
-        truth = nib.load(demo_dir / "nifti" / f"{entry['patient']}.nii.gz")
+        truth = nib.load(demo_dir / "nifti" / f"{table[entry['patient']]['value']}.nii.gz")
         assert np.array_equal(ours.get_fdata(), truth.get_fdata())  # three stored-value encodings, exact HU
         np.testing.assert_allclose(ours.affine, truth.affine, atol=1e-3)
         assert nib.aff2axcodes(ours.affine) == ("L", "P", "S")
@@ -171,3 +173,28 @@ def test_hu_conversion_applies_slope_intercept_and_padding(tmp_path):
 def test_cli_wrong_path_is_a_clear_error(tmp_path, capsys):
     assert main(["prepare-dicom", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_outputs_are_pseudonymised_unless_ids_are_kept(demo_dir, tmp_path):
+    """File names, datalist and report name no PatientID or UID; the key and table stay in private/."""
+    prepare_dicom(demo_dir / "dicom", tmp_path / "pseudo", workers=1, progress=False)
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in Path(demo_dir, "dicom").rglob("*.dcm")]
+    identifiers = {v for h in headers for v in (h.PatientID, h.StudyInstanceUID, h.SeriesInstanceUID)}
+    shared = [p for p in (tmp_path / "pseudo").rglob("*") if "private" not in p.relative_to(tmp_path).parts]
+    for path in shared:
+        assert not any(i in str(path.relative_to(tmp_path)) for i in identifiers), path
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(i.encode() in data for i in identifiers), path
+    private = tmp_path / "pseudo" / "private"
+    assert (private / "pseudonym_key").stat().st_mode & 0o077 == 0  # readable by its owner only
+    table = json.loads((private / "pseudonyms.json").read_text())
+    assert {v["value"] for v in table.values() if v["kind"] == "patient"} == {h.PatientID for h in headers}
+    # the same folder keeps its pseudonyms: a second run finds every series done
+    assert len(prepare_dicom(demo_dir / "dicom", tmp_path / "pseudo", workers=1, progress=False).already_done) == 3
+
+    prepare_dicom(demo_dir / "dicom", tmp_path / "kept", workers=1, progress=False, keep_patient_ids=True)
+    datalist = json.loads((tmp_path / "kept" / "datalist.json").read_text())
+    assert {e["patient"] for e in datalist["training"] + datalist["validation"]} == {h.PatientID for h in headers
+                                                                                     if h.Modality == "CT"}
+    assert not (tmp_path / "kept" / "private").exists()
