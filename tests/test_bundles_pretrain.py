@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,10 +151,21 @@ def test_restarts_after_kills_keep_n_saved_checkpoints(demo_dir, tmp_path):
             "--max_epochs", "4", "--monitor_interval", "0", "--progress", "false"]  # 16 iterations
     logs = [run_killed([sys.executable, *args], ckpt, cwd=tmp_path) for _ in range(5)]
     assert all("resumed from" in log for log in logs[1:])
+    # once more, killed in the middle of writing a checkpoint (ignite writes tmp*, then renames)
+    writing = subprocess.Popen([sys.executable, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    while not list(ckpt.glob("tmp*")):
+        assert writing.poll() is None, "the run ended before it could be killed while writing"
+        time.sleep(0.005)
+    writing.kill()
+    writing.wait()
+    assert list(ckpt.glob("tmp*"))  # a partial checkpoint, up to 271 MB, that nothing would complete
     final = _run(*args[2:], cwd=tmp_path)
-    assert final.returncode == 0 and "resumed from" in final.stdout + final.stderr
+    log = final.stdout + final.stderr
+    assert final.returncode == 0 and "resumed from" in log and "removed 1 partly written checkpoint" in log
     names = sorted(p.name for p in ckpt.glob("checkpoint_*.pt"))
     assert names == ["checkpoint_15.pt", "checkpoint_16.pt"], names
+    assert not list(ckpt.glob("tmp*"))
 
 
 def test_log_file_has_progress_lines_and_ends_with_a_summary(tiny_run):

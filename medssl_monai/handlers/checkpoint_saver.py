@@ -3,6 +3,7 @@ and at the end of a run, keeping ``n_saved`` of them across restarts."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,8 @@ from medssl_monai.checkpoints import TRAINING_CHECKPOINT_PREFIX, training_checkp
 from medssl_monai.utils.distributed import is_main_process
 
 __all__ = ["CheckpointWriter"]
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointWriter:
@@ -30,7 +33,8 @@ class CheckpointWriter:
         ckpt_dir: output folder (created).
         save_dict: name -> object with ``state_dict``; include the trainer as ``trainer`` and the run's
             :class:`~medssl_monai.utils.identity.RunIdentity` as ``identity``.
-        interval: iterations between checkpoints, or epochs with ``epoch_level``.
+        interval: iterations between checkpoints, or epochs with ``epoch_level``; 0 writes none (for runs
+            cheaper to redo than to save, such as the study's short fine-tuning runs).
         epoch_level: save at the end of every ``interval`` epochs, after the handlers attached before this one
             (validation and best-model bookkeeping), so a resume restores them as they were.
     """
@@ -46,8 +50,23 @@ class CheckpointWriter:
         )
 
     def attach(self, engine: Engine) -> None:
+        if self.interval <= 0:
+            logger.info("no training checkpoints (interval 0): a killed run starts over")
+            return
+        if is_main_process():
+            self._remove_partial_writes()
         every = (Events.EPOCH_COMPLETED if self.epoch_level else Events.ITERATION_COMPLETED)(every=self.interval)
         engine.add_event_handler(every | Events.COMPLETED, self._save)
+
+    def _remove_partial_writes(self) -> None:
+        """Delete the temporary files of writes a killed process left (ignite's atomic ``DiskSaver`` writes
+        ``tmp*`` in ``ckpt_dir``, then renames): up to a whole checkpoint each, never to be completed."""
+        folder = Path(self.ckpt_dir)
+        partial = [p for p in folder.glob("tmp*") if p.is_file()] if folder.is_dir() else []
+        for path in partial:
+            path.unlink(missing_ok=True)
+        if partial:
+            logger.info(f"removed {len(partial)} partly written checkpoint file(s) of a killed run from {folder}")
 
     def _save(self, engine: Engine) -> None:
         last = self.checkpoint.last_checkpoint
