@@ -234,8 +234,8 @@ def test_search_filters_by_patient_and_study_date(orthanc, credentials, identifi
 
 
 def test_nothing_shared_downstream_names_the_patient(orthanc, credentials, identified, demo_dir, tmp_path):
-    """From the PACS to a shared bundle: prepare, a tiny SparK pre-training on the result, a tiny fine-tuning
-    from its encoder and pack-bundle; no file written outside DIR/private/ holds an identifier."""
+    """From the PACS to what is shared: prepare, a tiny SparK pre-training on the result, a tiny fine-tuning
+    from its encoder, pack-bundle and a tiny study; no file written outside DIR/private/ holds an identifier."""
     orthanc.clear()
     orthanc.upload(sorted(identified.rglob("*.dcm")))
     prepared = tmp_path / "prepared"
@@ -261,6 +261,17 @@ def test_nothing_shared_downstream_names_the_patient(orthanc, credentials, ident
     assert main(["pack-bundle", "ct_classification", "--out", str(tmp_path / "shared.zip"), "--bundle-root",
                  str(bundle)]) == 0
     (tmp_path / "logs.txt").write_text(pretrain.stdout + pretrain.stderr + finetune.stdout + finetune.stderr)
+    # a study pre-training on the prepared data: its CSVs, summaries and run records
+    from medssl_monai.study import Study, load_study_config
+
+    (tmp_path / "study.yaml").write_text(json.dumps({
+        "preset": "smoke", "methods": ["spark"], "fractions": [1.0], "seeds": [0], "protocols": ["knn"],
+        "tasks": {"covid": {"dataset_dir": str(demo_dir / "covid_ct"), "class_names": ["NonCOVID", "COVID"],
+                            "window": "lung", "encoding": "hu16", "layout": "class_folders",
+                            "patient_pattern": "demo_(\\d+)_"}},
+        "pretrain": {"dataset_dir": str(prepared)}, "finetune": {"overrides": {"batch_size": 8, "num_workers": 0}}}))
+    Study(load_study_config(tmp_path / "study.yaml"), tmp_path / "study").run(progress=False)
+    assert (tmp_path / "study" / "results.csv").is_file()
     assert (tmp_path / "spark" / "encoder.pt").is_file() and list((tmp_path / "spark").glob("checkpoint_*.pt"))
     assert list((tmp_path / "spark_logs").rglob("events.out.tfevents*")) and (bundle / "eval" / "metrics.json").is_file()
     assert _leaks(identified)  # the search finds what is there
