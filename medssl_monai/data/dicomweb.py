@@ -74,6 +74,9 @@ class DICOMwebSource:
         session = create_session_from_user_pass(user, password or "") if user else create_session()
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self.client = DICOMwebClient(self.url, session=session, headers=headers, timeout=timeout)
+        # transient failures (503, 429, timeouts, a refused connection) are retried 3 times within about 2 s,
+        # not dicomweb-client's 5 within about 40 s: a server that is down is reported promptly
+        self.client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
 
     def _call(self, what: str, function: Callable, *args, **kwargs):
         try:
