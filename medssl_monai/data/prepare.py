@@ -7,8 +7,8 @@ Outputs are written atomically, so a killed run leaves only complete files and a
 stopped; from a PACS, a series is fetched again only when the server lists more instances than were converted.
 
 Nothing written outside ``out/private/`` names a patient: file names, the datalist, ``prepare_report.json`` and
-the console lines use keyed pseudonyms of PatientID and of the study and series UIDs
-(:class:`~medssl_monai.data.pseudonyms.Pseudonyms`), and source paths (which often carry a patient's ID or
+the console lines use keyed pseudonyms of PatientID and SeriesInstanceUID (study UIDs are not written at
+all; :class:`~medssl_monai.data.pseudonyms.Pseudonyms`), and source paths (which often carry a patient's ID or
 name) are reported only in ``out/private/prepare_report.json``. ``keep_patient_ids`` opts out for data that is
 anonymous already.
 """
@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medssl_monai.data.dicom import DicomError, read_header, series_to_hu
-from medssl_monai.data.dicomweb import DICOMwebError, DICOMwebSource, RemoteSeries, is_url
+from medssl_monai.data.dicomweb import DICOMwebError, DICOMwebSource, is_url
 from medssl_monai.data.nifti import write_ct_nifti
 from medssl_monai.data.pseudonyms import PRIVATE_DIR, Pseudonyms
 from medssl_monai.utils import write_json
@@ -51,7 +51,6 @@ class _Series:
     patient: str
     modality: str
     files: list[str]
-    study: str = ""
 
 
 @dataclass
@@ -115,7 +114,6 @@ def _header_row(path: str) -> tuple[str, dict[str, str] | str]:
         "uid": uid,
         "patient": str(ds.get("PatientID", "") or "unknown"),
         "modality": str(ds.get("Modality", "") or ""),
-        "study": str(ds.get("StudyInstanceUID", "") or ""),
     }
 
 
@@ -244,7 +242,7 @@ def _from_folder(run: _Run, src: Path, pool: ProcessPoolExecutor) -> list[_Serie
         if isinstance(row, str):
             run.problem(path, row)
             continue
-        series = groups.setdefault(row["uid"], _Series(row["uid"], row["patient"], row["modality"], [], row["study"]))
+        series = groups.setdefault(row["uid"], _Series(row["uid"], row["patient"], row["modality"], []))
         series.files.append(path)
 
     folders: dict[str, set[str]] = defaultdict(set)
@@ -279,14 +277,10 @@ def _from_dicomweb(run: _Run, source: DICOMwebSource, pool: ProcessPoolExecutor)
     fetched_path = run.private / FETCHED_NAME
     fetched: dict[str, int] = json.loads(fetched_path.read_text()) if fetched_path.exists() else {}
     kept, pending = [], []
-
-    def as_series(remote: RemoteSeries, files: list[str]) -> _Series:
-        return _Series(remote.uid, remote.patient, remote.modality, files, remote.study)
-
     bar = tqdm(total=len(listed), desc="fetching series", unit="series", disable=not run.progress)
     for remote in listed:
         bar.update()
-        series = as_series(remote, [])
+        series = _Series(remote.uid, remote.patient, remote.modality, [])
         if remote.modality != "CT":  # a server that ignores the Modality filter
             run.problem(remote.uid, f"modality {remote.modality or 'missing'} is not CT", remote.uid)
             continue

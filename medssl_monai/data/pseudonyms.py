@@ -1,4 +1,4 @@
-"""Pseudonyms for what names a patient: a keyed hash of PatientID and of study and series UIDs.
+"""Pseudonyms for what names a patient: a keyed hash of PatientID and of series UIDs.
 
 ``prepare-dicom`` writes these pseudonyms, never the identifiers, into everything it makes outside
 ``DIR/private/``: file names, the datalist, the report, its console lines. The key (random, made once per
@@ -23,7 +23,7 @@ __all__ = ["PRIVATE_DIR", "Pseudonyms"]
 PRIVATE_DIR = "private"  # under the output folder: never to be shared
 KEY_NAME = "pseudonym_key"
 TABLE_NAME = "pseudonyms.json"
-PREFIXES = {"patient": "P", "study": "ST", "series": "SE"}
+PREFIXES = {"patient": "P", "series": "SE"}
 
 
 class Pseudonyms:
@@ -55,7 +55,7 @@ class Pseudonyms:
             self.table = json.loads(table_path.read_text())
 
     def __call__(self, kind: str, value: str) -> str:
-        """The pseudonym of ``value`` (a PatientID, a study or series UID) of ``kind`` (patient, study, series)."""
+        """The pseudonym of ``value`` (a PatientID or a SeriesInstanceUID) of ``kind`` (patient, series)."""
         if self.keep_ids:
             return "".join(c if c.isalnum() or c in "-_." else "_" for c in value) or "unknown"
         digest = hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()

@@ -34,7 +34,8 @@ PRESETS: dict[str, dict] = {
                                    "batch_size": 16, "n_bootstrap": 100, "figures": False}},
     },
     # the embedded demo: all methods, both tasks, the three protocols, the paper's five fractions and 3 seeds,
-    # ResNet18, in about an hour on 2 CPU cores (60 min 04 s measured from a fresh clone, docs/results/demo).
+    # ResNet18, in about an hour on 2 CPU cores (43 min 17 s measured from a fresh clone on 2026-12-02, 60 min 04 s
+    # the day before on a slower VM; docs/results/demo).
     # What is given up for that:
     # - pre-training: one epoch over every 2nd slice of the pool (2,160 slices, 270 steps of 8 at 64 px, about
     #   3 min a method); SwAV with 2 local views of 32 px instead of 6 (its step costs about that of the others).
