@@ -42,6 +42,8 @@ def test_smoke_study_writes_every_output(study):
                  "study.json"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "pretrain" / "spark" / "models" / "encoder.pt").is_file()
+    (environment,) = json.loads((out / "environment.json").read_text())  # one invocation so far, one environment
+    assert environment["packages"]["torch"].startswith(torch.__version__.split("+")[0]) and environment["cpu"]
     spark_run = _run_dir(out, "spark", "finetune", 0.5, 0)
     overrides = json.loads((spark_run / "config.json").read_text())["overrides"]
     assert overrides["label_fraction"] == 0.5 and overrides["pretrained_checkpoint"].endswith("spark/models/encoder.pt")

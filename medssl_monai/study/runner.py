@@ -31,12 +31,13 @@ from medssl_monai.bundle import bundle_root
 from medssl_monai.utils.identity import file_sha256, identity_differences
 from medssl_monai.study.config import StudyConfig
 from medssl_monai.study.report import RESULT_FIELDS, write_report
-from medssl_monai.utils import write_json
+from medssl_monai.utils import environment, write_json
 
 __all__ = ["Study", "StudyError", "Run", "run_bundle"]
 
 logger = logging.getLogger(__name__)
 DONE = "done.json"
+ENVIRONMENT = "environment.json"  # the environments (CPU, packages) a study ran in
 FROZEN = ("linear", "knn")
 
 
@@ -142,8 +143,8 @@ class Study:
 
     Args:
         config: what to run.
-        out: the study folder (``study.json``, ``pretrain/``, ``runs/``, ``features/``, ``results.csv``,
-            ``summary.md``, plots).
+        out: the study folder (``study.json``, ``environment.json``, ``pretrain/``, ``runs/``, ``features/``,
+            ``results.csv``, ``summary.md``, plots).
     """
 
     def __init__(self, config: StudyConfig, out: str | Path) -> None:
@@ -296,10 +297,23 @@ class Study:
                 rows[run] = self._row(run, shared + time.perf_counter() - start, identity)
         return [rows[run] for run in runs]
 
+    def _record_environment(self) -> None:
+        """Add this invocation's environment to ``environment.json`` (every distinct one the study ran in): the
+        numbers move with CPUs and package versions, so a study continued elsewhere says so."""
+        path = self.out / ENVIRONMENT
+        seen = json.loads(path.read_text()) if path.is_file() else []
+        current = environment()
+        if current not in seen:
+            if seen:
+                logger.warning(f"this study continues in another environment than it ran in before (all are in "
+                               f"{path}): its results mix them")
+            write_json(path, seen + [current])
+
     def run(self, progress: bool = True) -> list[dict]:
         """Everything not yet done, then ``results.csv``, ``summary.md`` and the plots; returns the rows."""
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "study.json", self.config.to_dict())
+        self._record_environment()
         for method in self.config.methods:
             if method != "scratch":
                 self.pretrain(method)

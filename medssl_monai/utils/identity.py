@@ -20,7 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RunIdentity", "RunMismatchError", "file_sha256", "fingerprint", "identity_differences"]
+__all__ = ["RunIdentity", "RunMismatchError", "environment", "file_sha256", "fingerprint", "identity_differences"]
+
+# the packages whose versions change a run's numbers (kernels, solvers, resampling, image decoding)
+ENVIRONMENT_PACKAGES = ("torch", "torchvision", "monai", "numpy", "scipy", "scikit-learn", "pillow", "nibabel",
+                        "pydicom", "pytorch-ignite", "medssl-monai")
 
 
 class RunMismatchError(ValueError):
@@ -65,6 +69,29 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
     return str(value)
+
+
+def environment() -> dict[str, Any]:
+    """What computed a result besides its settings: Python, platform, CPU, torch's threads, package versions.
+
+    Not part of a run's identity (a run may continue on another machine), but recorded beside results: at
+    short schedules, floating-point differences between CPUs and package versions move the numbers.
+    """
+    import platform
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    versions = {}
+    for name in ENVIRONMENT_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "packages": versions}
 
 
 def identity_differences(recorded: Mapping, current: Mapping) -> list[str]:
