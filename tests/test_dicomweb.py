@@ -220,6 +220,10 @@ def test_unreachable_or_refusing_servers_are_clear_errors(orthanc, tmp_path, mon
     monkeypatch.setenv("MEDSSL_DICOMWEB_PASSWORD", PASSWORD)
     with pytest.raises(PrepareError, match="lists no CT series matching the filters"):
         prepare_dicom(f"{orthanc.url}/dicom-web", tmp_path / "d", progress=False, study_dates="19000101-19000102")
+    wrong_root = orthanc.url.replace("http://", f"http://{USER}:{PASSWORD}@") + "/not-dicom-web"
+    with pytest.raises(PrepareError, match=r"answered the series search with HTTP 404") as error:
+        prepare_dicom(wrong_root, tmp_path / "e", progress=False, patients=["MRN77341-X"])
+    assert PASSWORD not in str(error.value) and "MRN77341" not in str(error.value)  # no credentials, no filter
 
 
 def test_search_filters_by_patient_and_study_date(orthanc, credentials, identified, tmp_path):

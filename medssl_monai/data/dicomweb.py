@@ -87,7 +87,9 @@ class DICOMwebSource:
                 raise DICOMwebError(
                     f"{self.name} refused {what} (HTTP {status}): give credentials in {USER_ENV} and "
                     f"{PASSWORD_ENV}, or a token in {TOKEN_ENV}, with the right to read these series") from None
-            raise DICOMwebError(f"{self.name} answered {what} with HTTP {status}: {err}") from None
+            reason = err.response.reason if err.response is not None else ""
+            # not requests' message: it quotes the request URL, with any credentials and PatientID filter in it
+            raise DICOMwebError(f"{self.name} answered {what} with HTTP {status} {reason}".rstrip()) from None
         except requests.exceptions.RequestException as err:
             raise DICOMwebError(f"cannot reach the DICOMweb server {self.name} ({what}): {type(err).__name__}; "
                                 "is it running, and is the address right?") from None
