@@ -303,7 +303,7 @@ def _from_dicomweb(run: _Run, source: DICOMwebSource, pool: ProcessPoolExecutor)
         if not series.files:
             run.problem(remote.uid, "the server returned no instances for this series", remote.uid)
             continue
-        if modality != "CT":
+        if modality is not None and modality != "CT":
             shutil.rmtree(folder, ignore_errors=True)
             run.problem(remote.uid, f"modality {modality or 'missing'} is not CT", remote.uid)
             continue
@@ -317,11 +317,13 @@ def _from_dicomweb(run: _Run, source: DICOMwebSource, pool: ProcessPoolExecutor)
     return kept
 
 
-def _fetched_modality(files: list[str]) -> str:
+def _fetched_modality(files: list[str]) -> str | None:
+    """The first fetched file's Modality ("" when the tag is missing); None when its header cannot be read,
+    which the strict conversion then reports with the file's reason."""
     try:
         return str(read_header(files[0]).get("Modality", "") or "") if files else ""
     except DicomError:
-        return ""  # the strict reader reports the file itself
+        return None
 
 
 def _convert_fetched(run: _Run, pending: list[tuple[_Series, int]], pool: ProcessPoolExecutor,
