@@ -243,3 +243,23 @@ def test_demo_data_cli_is_deterministic(tmp_path):
     for f in (tmp_path / "a").rglob("*"):
         if f.is_file() and f.suffix in (".dcm", ".png", ".json", ".npz"):
             assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
+
+
+def test_demo_label_volumes_share_their_image_grid_and_the_split_is_by_patient(demo_dir):
+    import nibabel as nib
+
+    from medssl_monai.data.synthetic import ORGAN_LABELS
+
+    datalist = json.loads((demo_dir / "datalist.json").read_text())
+    assert datalist["labels"] == {str(i): name for i, name in enumerate(ORGAN_LABELS)}
+    splits = {key: [e["image"] for e in datalist[key]] for key in ("training", "validation", "test")}
+    assert [len(splits[key]) for key in splits] == [2, 1, 1]
+    assert len(set(sum(splits.values(), []))) == 4  # each patient in one split
+    for entry in sum((datalist[key] for key in splits), []):
+        image, label = nib.load(demo_dir / entry["image"]), nib.load(demo_dir / entry["label"])
+        assert label.shape == image.shape and np.array_equal(label.affine, image.affine)
+        values = np.asarray(label.dataobj)
+        assert values.dtype == np.uint8 and values.max() < len(ORGAN_LABELS)
+        hu = np.asarray(image.dataobj)
+        dense = np.isin(values, [3, 4, 5, 7, 8, 9])  # liver, heart, aorta, bone: all but the air-filled organs
+        assert np.median(hu[dense]) > -100 > -400 > np.median(hu[np.isin(values, [1, 2])])  # image not flipped

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medssl_monai.data.synthetic import SCANNER_FLOOR_HU, TISSUE_HU, ChestPhantom, Tissue, generate_patient
+from medssl_monai.data.synthetic import (
+    LUNG_TISSUES, ORGAN_LABELS, SCANNER_FLOOR_HU, TISSUE_HU, ChestPhantom, Tissue, generate_patient,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -71,3 +73,25 @@ def test_pneumonia_only_in_the_positive_class_and_atelectasis_in_both():
         assert any(pneumonia) if lesions else not any(pneumonia)
     consolidated = [tissue for phantom, tissue in (_base_slice(s, True) for s in range(16)) if phantom.consolidation]
     assert any((tissue == Tissue.CONSOLIDATION).any() for tissue in consolidated)
+
+
+def test_organ_labels_cover_each_structure_on_the_hu_grid():
+    """Every organ appears somewhere in a chest scan, each label sits on its own tissue's HU, and left is x > 0."""
+    ct = generate_patient(11, size=64, n_slices=160)  # the whole chest and more, diaphragm to apex
+    assert ct.labels.shape == ct.hu.shape and ct.labels.dtype == np.uint8
+    assert set(np.unique(ct.labels)) == set(range(len(ORGAN_LABELS)))
+    assert np.array_equal(ct.labels, generate_patient(11, size=64, n_slices=160).labels)  # deterministic
+    tissue_of = {"lung_left": LUNG_TISSUES, "lung_right": LUNG_TISSUES, "liver": (Tissue.LIVER,),
+                 "heart": (Tissue.HEART,), "aorta": (Tissue.VESSEL,), "airway": (Tissue.AIRWAY,),
+                 "rib": (Tissue.CORTICAL_BONE, Tissue.MARROW), "sternum": (Tissue.CORTICAL_BONE,),
+                 "spine": (Tissue.CORTICAL_BONE, Tissue.MARROW, Tissue.DISC)}
+    for value, name in enumerate(ORGAN_LABELS[1:], start=1):
+        assert np.isin(ct.tissue[ct.labels == value], tissue_of[name]).all(), name
+    # nothing that is not anatomy carries a label; all parenchyma does
+    assert not ct.labels[np.isin(ct.tissue, [Tissue.AIR, Tissue.OUTSIDE_FOV, Tissue.TABLE, Tissue.FAT])].any()
+    assert np.isin(ct.labels[ct.tissue == Tissue.LUNG], [1, 2]).all()
+    columns = np.broadcast_to(np.arange(64), ct.labels.shape)  # column index = x; x > 0 right of centre
+    assert columns[ct.labels == 1].min() >= 32 > columns[ct.labels == 2].max()
+    # the HU volume under each label is its tissue's (labels and image not flipped or shifted)
+    assert np.median(ct.hu[ct.labels == 1]) < -400 and np.median(ct.hu[ct.labels == 2]) < -400  # 64 px: blurred
+    assert 20 <= np.median(ct.hu[ct.labels == 4]) <= 80 and np.median(ct.hu[ct.labels == 7]) >= 150

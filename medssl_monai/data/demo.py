@@ -2,8 +2,9 @@
 
 ``make_demo_data`` writes, deterministically from one seed:
 
-- ``nifti/<patient>.nii.gz``: the unlabelled pre-training pool, the generator's own HU volumes, with
-  ``datalist.json`` listing them (patient-level train/validation split);
+- ``nifti/<patient>.nii.gz``: the pre-training pool, the generator's own HU volumes, and
+  ``labels/<patient>.nii.gz`` their organ label maps on the same grid and affine, with ``datalist.json``
+  listing both (patient-level training/validation/test split) and the label names;
 - ``dicom/``: the first of those scans again as a LIDC-IDRI-like tree ``<patient>/<study>/<series>/1-NNN.dcm``
   (three stored-value encodings across patients; what ``prepare-dicom`` must turn back into the NIfTI volumes)
   and one DX radiograph series that CT preparation must skip;
@@ -28,8 +29,8 @@ from PIL import Image
 from scipy import ndimage
 
 from medssl_monai.data import dicom
-from medssl_monai.data.nifti import lps_affine, write_ct_nifti
-from medssl_monai.data.synthetic import ChestPhantom, Scanner, Tissue, generate_patient
+from medssl_monai.data.nifti import lps_affine, write_ct_nifti, write_label_nifti
+from medssl_monai.data.synthetic import LUNG_TISSUES, ORGAN_LABELS, ChestPhantom, Scanner, Tissue, generate_patient
 from medssl_monai.data.transforms import PNG_HU_OFFSET
 from medssl_monai.utils import atomic_path, write_json
 
@@ -38,7 +39,9 @@ __all__ = ["make_demo_data", "ensure_demo_data", "demo_data_version", "DEMO_VERS
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = 2  # of the generator's output: 2 = learnable COVID-like task, 5,376-slice pool, 128 px
+DEMO_VERSION = 3  # of the generator's output: 2 = learnable COVID-like task, 5,376-slice pool, 128 px; 3 = organ
+# label volumes and a test split of the pool (its images, the classification sets and pre-training's "training"
+# list unchanged)
 
 INCOMPLETE = ".demo_incomplete"  # present while a collection is being written
 ORGAN_WINDOW = (-1000.0, 1000.0)  # HU range mapped to 0..255 in the organ patches
@@ -47,8 +50,6 @@ ORGAN_CLASSES = (
     "heart", "aorta", "vertebra", "rib", "sternum", "airway", "lung", "pulmonary_vessel", "muscle", "fat", "liver",
 )  # fmt: skip
 ENCODINGS = ("unsigned", "padded", "signed")
-LUNG_TISSUES = [Tissue.LUNG, Tissue.GROUND_GLASS, Tissue.CONSOLIDATION, Tissue.ATELECTASIS, Tissue.VESSEL,
-                Tissue.NODULE]
 # the public COVID-CT set's split: 425 / 118 / 203 images
 COVID_SPLIT = (118 / 746, 203 / 746)
 
@@ -65,6 +66,14 @@ pneumonia in at least 5% of its lung. Both classes share everything else: anatom
 dependent atelectasis at the bases (-250..-50 HU, a posterior subpleural band, in about a third of the
 patients), dependent lung density, noise and blur, so neither mean intensity nor body size separates the
 classes, and a dense posterior band is not the finding: the model has to learn peripheral ground glass.
+
+**labels/** (organ segmentation of the pool's scans, uint8 NIfTI on each HU volume's grid and affine; names
+under `labels` in `datalist.json`): 0 background, 1 lung_left, 2 lung_right (the parenchyma with whatever it
+holds: vessels, findings), 3 liver, 4 heart, 5 aorta, 6 airway (lumen of the trachea and bronchi), 7 spine
+(vertebral bodies, discs, arches and processes; the canal is background), 8 rib, 9 sternum. A label covers the
+pixels of its structure that show its tissue in the noise-free phantom, before blur and noise, so labels
+follow what was drawn last where structures meet. Pre-training reads only the images of `training`;
+`validation` and `test` (10 % of the patients each) are never pre-trained on.
 
 **organ_mnist.npz** (11 classes, MedMNIST layout): 28 x 28 patches centred (jitter +-3 pixels) on a random
 pixel of one structure, with a random field of view (18-30% of the scan's), HU window -1000..1000 to 0..255.
@@ -90,8 +99,11 @@ def _patient(args: tuple[Path, np.random.SeedSequence, int, int, int, bool]) -> 
     affine = lps_affine((1, 0, 0, 0, 1, 0), ct.origin, ct.spacing)
     nifti = out / "nifti" / f"{pid}.nii.gz"
     write_ct_nifti(nifti, ct.hu, affine)
+    label = out / "labels" / f"{pid}.nii.gz"
+    write_label_nifti(label, ct.labels, affine)
+    entry = {"image": os.path.relpath(nifti, out), "label": os.path.relpath(label, out)}
     if not with_dicom:
-        return {"image": os.path.relpath(nifti, out), "patient": pid, "lesions": ct.has_lesions}
+        return entry
     study = dicom.uid_from(seed.entropy, index, "study")
     series = dicom.uid_from(seed.entropy, index, "series")
     study_dir = out / "dicom" / pid / f"01-01-2000-NA-CT CHEST-{index + 1:05d}"
@@ -103,7 +115,7 @@ def _patient(args: tuple[Path, np.random.SeedSequence, int, int, int, bool]) -> 
         projection = (ct.hu.astype(np.float32) + 1024).clip(0).mean(axis=1)  # (Z, X)
         image = (projection / projection.max() * 4095).astype(np.uint16)
         dicom.write_radiograph(study_dir / "1.000000-NA-XRAY" / "1-1.dcm", image, pid, study, dicom.uid_from(series, "dx"))
-    return {"image": os.path.relpath(nifti, out), "patient": pid, "lesions": ct.has_lesions}
+    return entry
 
 
 def _covid_pair(args: tuple[np.random.SeedSequence, int, bool]) -> list[np.ndarray]:
@@ -213,13 +225,17 @@ def make_demo_data(
         organs = pool.map(_organ_patches, [(s, max(size, 256), per_class) for s in ss_organ.spawn(n_organ_sources)])
         volumes, pairs, organs = list(volumes), list(pairs), list(organs)
 
-    # pre-training datalist: patient-level split
-    val = set(pool_rng.permutation(len(volumes))[: max(1, round(0.2 * len(volumes)))]) if len(volumes) > 1 else set()
+    # the pool's datalist, split by patient: pre-training reads "training" (images only); segmentation trains on
+    # labelled "training" patients, selects on "validation" and reports on "test", which pre-training never sees
+    n_held = max(min(2, len(volumes) - 1), round(0.2 * len(volumes)))  # a validation and a test patient at least
+    held = pool_rng.permutation(len(volumes))[:n_held] if len(volumes) > 1 else []
+    split = {int(i): "validation" if k < (len(held) + 1) // 2 else "test" for k, i in enumerate(held)}
     write_json(
         out / "datalist.json",
         {
-            "training": [{"image": v["image"]} for i, v in enumerate(volumes) if i not in val],
-            "validation": [{"image": v["image"]} for i, v in enumerate(volumes) if i in val],
+            "labels": dict(enumerate(ORGAN_LABELS)),
+            **{key: [v for i, v in enumerate(volumes) if split.get(i, "training") == key]
+               for key in ("training", "validation", "test")},
         },
     )
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from medssl_monai.utils import atomic_path
 
-__all__ = ["lps_affine", "write_ct_nifti"]
+__all__ = ["lps_affine", "write_ct_nifti", "write_label_nifti"]
 
 
 def lps_affine(
@@ -45,6 +45,20 @@ def write_ct_nifti(path: str | os.PathLike, hu: np.ndarray, affine: np.ndarray) 
         data = data.astype(np.int32)
     if np.issubdtype(data.dtype, np.integer) and data.min() >= -32768 and data.max() <= 32767:
         data = data.astype(np.int16)
+    _save(path, data, affine)
+
+
+def write_label_nifti(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray) -> None:
+    """Write a (Z, rows, columns) label volume (values 0-255) as uint8 NIfTI (X, Y, Z) with the affine of its
+    image, atomically."""
+    data = np.asarray(labels)
+    if data.min() < 0 or data.max() > 255 or np.any(np.mod(data, 1) != 0):
+        raise ValueError(f"{path}: label values must be integers in 0..255, got {data.min()}..{data.max()}")
+    _save(path, data.astype(np.uint8).transpose(2, 1, 0), affine)
+
+
+def _save(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
+    """Save (X, Y, Z) ``data`` with ``affine`` as qform and sform, millimetres, atomically."""
     image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)

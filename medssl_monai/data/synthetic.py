@@ -19,7 +19,8 @@ from enum import IntEnum
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Tissue", "TISSUE_HU", "SCANNER_FLOOR_HU", "SyntheticCT", "ChestPhantom", "Scanner", "generate_patient"]
+__all__ = ["Tissue", "TISSUE_HU", "SCANNER_FLOOR_HU", "LUNG_TISSUES", "ORGAN_LABELS", "SyntheticCT", "ChestPhantom",
+           "Scanner", "organ_label_map", "generate_patient"]
 
 SCANNER_FLOOR_HU = -1024  # value outside the reconstruction circle, and the lowest HU kept by preparation
 
@@ -74,12 +75,49 @@ TISSUE_HU: dict[Tissue, tuple[float, float]] = {
 }
 
 
+# tissues of the lung parenchyma with whatever it holds (findings, pulmonary vessels)
+LUNG_TISSUES = (Tissue.LUNG, Tissue.GROUND_GLASS, Tissue.CONSOLIDATION, Tissue.ATELECTASIS, Tissue.VESSEL,
+                Tissue.NODULE)
+
+# The segmentation labels of a scan (value = index, 0 = background) and, per label, the drawn structure and the
+# tissues it holds in the final slice. Listed in drawing order: where structures overlap, the later one is
+# what the slice shows, and its label wins.
+ORGAN_LABELS: tuple[str, ...] = (
+    "background", "lung_left", "lung_right", "liver", "heart", "aorta", "airway", "spine", "rib", "sternum",
+)  # fmt: skip
+_LABEL_TISSUES: dict[str, tuple[str | None, tuple[Tissue, ...]]] = {
+    "lung_left": ("lung_left", LUNG_TISSUES),
+    "lung_right": ("lung_right", LUNG_TISSUES),
+    "liver": (None, (Tissue.LIVER,)),
+    "heart": ("heart", (Tissue.HEART,)),
+    "aorta": ("aorta", (Tissue.VESSEL,)),
+    "airway": ("airway", (Tissue.AIRWAY,)),  # lumen of the trachea and bronchi
+    "spine": ("spine", (Tissue.CORTICAL_BONE, Tissue.MARROW, Tissue.DISC)),  # bodies, discs, arches, processes
+    "rib": ("rib", (Tissue.CORTICAL_BONE, Tissue.MARROW)),
+    "sternum": ("sternum", (Tissue.CORTICAL_BONE,)),
+}
+
+
+def organ_label_map(tissue: np.ndarray, structures: dict[str, np.ndarray]) -> np.ndarray:
+    """The (Y, X) uint8 label map of a rendered slice, values indexing :data:`ORGAN_LABELS`: each structure's
+    pixels that still show its tissue, so a label never covers what a later stroke drew over it."""
+    labels = np.zeros(tissue.shape, np.uint8)
+    for value, name in enumerate(ORGAN_LABELS[1:], start=1):
+        structure, tissues = _LABEL_TISSUES[name]
+        mask = np.isin(tissue, tissues)
+        if structure is not None:
+            mask &= structures[structure]
+        labels[mask] = value
+    return labels
+
+
 @dataclass
 class SyntheticCT:
     """One generated scan: HU and tissue volumes of shape (Z, Y, X), spacing (dz, dy, dx) in mm, LPS origin."""
 
     hu: np.ndarray  # (Z, Y, X) int16, Hounsfield units
     tissue: np.ndarray  # (Z, Y, X) uint8, Tissue labels before blur and noise
+    labels: np.ndarray  # (Z, Y, X) uint8, organ labels (ORGAN_LABELS) on the same grid
     spacing: tuple[float, float, float]  # (slice, row, column) spacing in mm
     origin: tuple[float, float, float]  # LPS position in mm of voxel (0, 0, 0)
     has_lesions: bool
@@ -290,7 +328,8 @@ class ChestPhantom:
 
     def render(self, z: float) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """The noise-free axial slice at height z: HU float32 (Y, X), tissue uint8 (Y, X), and boolean (Y, X)
-        masks of the named structures (heart, aorta, vertebra, rib, sternum, airway) for organ labels."""
+        masks of the named structures as drawn, before later strokes (heart, aorta, vertebra (body), rib,
+        sternum, airway, lung_left, lung_right, spine), for the organ patches and :func:`organ_label_map`."""
         n = self.size
         coords = (np.arange(n) + 0.5) / n * 2 - 1
         y, x = np.meshgrid(coords, coords, indexing="ij")  # (Y, X)
@@ -311,6 +350,7 @@ class ChestPhantom:
 
         # below the diaphragm: liver on the right (x < 0), soft tissue elsewhere
         lungs = np.zeros((n, n), bool)
+        left_lung = np.zeros((n, n), bool)  # the patient's left: x > 0 (image columns run right to left)
         for side in (-1, 1):
             cx, cy = self._lung_centre(side)
             ax, ay = self._lung_axes(t)
@@ -320,6 +360,8 @@ class ChestPhantom:
             dome = 0.12 * (1 - np.clip(r2, 0, 1)) - 0.06
             inside = cavity & (r2 < 1)
             lungs |= inside & (t > dome)
+            if side > 0:
+                left_lung = inside & (t > dome)
             tissue[inside & (t <= dome)] = Tissue.LIVER if side < 0 else Tissue.MUSCLE
         if t < 0.02:
             ca, cb = self._cavity_scale()
@@ -390,8 +432,10 @@ class ChestPhantom:
             sy_front = self.body_cy - self.body_b + self.fat + 0.5 * self.muscle
             sternum = (x / 0.07) ** 2 + ((y - sy_front) / 0.025) ** 2 < 1
             tissue[sternum] = Tissue.CORTICAL_BONE
+
         structures = {"heart": heart, "aorta": aorta, "vertebra": body < 1, "rib": ribs, "sternum": sternum,
-                      "airway": airway}
+                      "airway": airway, "lung_left": lungs & left_lung, "lung_right": lungs & ~left_lung,
+                      "spine": (body < 1) | (((arch < 1) | process) & (canal >= 1))}
 
         # scanner: the reconstruction circle
         tissue[x**2 + y**2 > 1.0] = Tissue.OUTSIDE_FOV
@@ -457,8 +501,10 @@ def generate_patient(
     z0 = rng.uniform(lo, max(lo, hi - (n_slices - 1) * dz))
     hu = np.empty((n_slices, size, size), np.int16)
     tissue = np.empty((n_slices, size, size), np.uint8)
+    labels = np.empty((n_slices, size, size), np.uint8)
     for k in range(n_slices):
-        hu[k], tissue[k], _ = scanner.acquire(phantom, z0 + k * dz)
+        hu[k], tissue[k], structures = scanner.acquire(phantom, z0 + k * dz)
+        labels[k] = organ_label_map(tissue[k], structures)
     corner = -scanner.half_mm + scanner.pixel_mm / 2
     origin = (corner, corner, float(np.round(z0 * scanner.half_mm, 3)))
-    return SyntheticCT(hu, tissue, (scanner.slice_mm, scanner.pixel_mm, scanner.pixel_mm), origin, lesions)
+    return SyntheticCT(hu, tissue, labels, (scanner.slice_mm, scanner.pixel_mm, scanner.pixel_mm), origin, lesions)
