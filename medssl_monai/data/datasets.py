@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose, Lambdad
@@ -23,13 +24,15 @@ from medssl_monai.data.sampling import seeded
 from medssl_monai.data.slice_store import SliceStore, int16_slices
 from medssl_monai.data.transforms import ct_intensity, ct_loading
 
-__all__ = ["AxialSliceDataset", "png_slice_dataset", "read_datalist", "cached_dataset"]
+__all__ = ["AxialSliceDataset", "png_slice_dataset", "read_datalist", "cached_dataset", "check_label_grid",
+           "patient_subset"]
 
 CACHE_MODES = ("memory", "disk", "none")
 
 
 def read_datalist(path: str | os.PathLike, key: str = "training") -> list[dict]:
-    """Entries of ``key`` in a MONAI datalist JSON, with image paths made absolute against the file's folder."""
+    """Entries of ``key`` in a MONAI datalist JSON, with image (and label volume) paths made absolute against the
+    file's folder."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"datalist not found: {path}")
@@ -42,8 +45,10 @@ def read_datalist(path: str | os.PathLike, key: str = "training") -> list[dict]:
     entries = []
     for entry in content[key]:
         entry = dict(entry)
-        image = Path(entry["image"])
-        entry["image"] = str(image if image.is_absolute() else path.parent / image)
+        for field in ("image", "label"):
+            if isinstance(entry.get(field), str):  # a label may also be a class index
+                file = Path(entry[field])
+                entry[field] = str(file if file.is_absolute() else path.parent / file)
         entries.append(entry)
     return entries
 
@@ -64,8 +69,8 @@ def cached_dataset(
     raise ValueError(f"unknown cache mode {cache!r}; expected one of {CACHE_MODES}")
 
 
-def _num_axial_slices(path: str) -> int:
-    """Number of axial slices of a volume, from its header alone."""
+def _header(path: str) -> nib.Nifti1Image:
+    """A volume's NIfTI image (header only read), or an error naming the file."""
     try:
         image = nib.load(path)
     except FileNotFoundError:
@@ -74,8 +79,37 @@ def _num_axial_slices(path: str) -> int:
         raise ValueError(f"{path}: cannot read as NIfTI ({type(err).__name__}: {err})") from None
     if len(image.shape) != 3:
         raise ValueError(f"{path}: expected a 3D volume, found shape {image.shape}")
+    return image
+
+
+def _num_axial_slices(path: str) -> int:
+    """Number of axial slices of a volume, from its header alone."""
+    image = _header(path)
     codes = nib.aff2axcodes(image.affine)
     return int(image.shape[[c in ("S", "I") for c in codes].index(True)])
+
+
+def check_label_grid(entry: dict) -> None:
+    """Raise unless ``entry``'s label volume lies on its image's voxel grid (same shape and affine)."""
+    if not isinstance(entry.get("label"), str):
+        raise ValueError(f"{entry['image']}: the datalist entry has no label volume ('label': path)")
+    image, label = _header(entry["image"]), _header(entry["label"])
+    if image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-3):
+        raise ValueError(f"{entry['label']}: the label volume is not on the grid of its image {entry['image']} "
+                         f"(shape {label.shape} vs {image.shape}, affine {label.affine.round(3).tolist()} vs "
+                         f"{image.affine.round(3).tolist()})")
+
+
+def patient_subset(volumes: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """The volumes of ``fraction`` of the patients (an entry's ``patient``, else its image: one volume a
+    patient), at least one patient, drawn with ``seed``. The subsets of one seed are nested (a smaller fraction
+    keeps some of a larger one's patients), as a label-fraction study needs."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    patients = list(dict.fromkeys(str(v.get("patient", v["image"])) for v in volumes))
+    order = np.random.default_rng(seed).permutation(len(patients))
+    kept = {patients[i] for i in order[: max(1, round(fraction * len(patients)))]}
+    return [v for v in volumes if str(v.get("patient", v["image"])) in kept]
 
 
 class _CachedSlices:
@@ -93,7 +127,9 @@ class AxialSliceDataset(torch.utils.data.Dataset):
     """Every axial slice of CT volumes as a dict sample ``{"image": (C, X, Y) float in [0, 1], ...}``.
 
     Volumes are read once (reoriented, in HU as int16, 2 bytes a voxel whatever ``in_channels``); each sample
-    is one slice, windowed and replicated to ``in_channels``, then ``transform``.
+    is one slice, windowed and replicated to ``in_channels``, then ``transform``. With ``labels``, each entry's
+    label volume (on its image's grid) is stored the same way and the sample has ``"label"``: the slice's
+    (1, X, Y) label map.
 
     Args:
         data: a datalist JSON path (its ``datalist_key`` list is used) or a list of ``{"image": path}``.
@@ -105,7 +141,10 @@ class AxialSliceDataset(torch.utils.data.Dataset):
             ``cache_dir``, read a slice at a time: memory stays flat however large the archive) or ``none``
             (each sample reads its whole volume: only for tiny data).
         slice_step: keep every n-th slice (thick-slab sampling for large collections).
+        datalist_key: the datalist's list to read (``training``, ``validation``, ``test``).
         num_workers: threads that fill the memory cache.
+        labels: also serve each entry's ``label`` volume (segmentation).
+        label_fraction, seed: keep the volumes of this share of the patients (see :func:`patient_subset`).
     """
 
     def __init__(
@@ -119,23 +158,36 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         slice_step: int = 1,
         datalist_key: str = "training",
         num_workers: int = 0,
+        labels: bool = False,
+        label_fraction: float = 1.0,
+        seed: int = 0,
     ) -> None:
         volumes = read_datalist(data, datalist_key) if isinstance(data, (str, os.PathLike)) else list(data)
         if not volumes:
             raise ValueError(f"no volumes in {data if isinstance(data, (str, os.PathLike)) else 'the data list'}")
+        volumes = patient_subset(volumes, label_fraction, seed) if label_fraction != 1 else volumes
         counts = [_num_axial_slices(v["image"]) for v in volumes]
         # (volume index, slice index) of every sample
         self.index = [(v, k) for v, n in enumerate(counts) for k in range(0, n, slice_step)]
-        loading = ct_loading("image", "hu", window=None, volume=True)  # (1, X, Y, Z) HU
-        if cache == "disk":
-            if cache_dir is None:
-                raise ValueError("cache='disk' needs a cache_dir")
-            self.slices: SliceStore | _CachedSlices = SliceStore(volumes, cache_dir, loading)
-        else:
-            self.slices = _CachedSlices(volumes, loading, cache, num_workers)
+        if cache == "disk" and cache_dir is None:
+            raise ValueError("cache='disk' needs a cache_dir")
+        self.slices = self._slices(volumes, cache, cache_dir, num_workers)
+        self.labels = None
+        if labels:
+            for entry in volumes:
+                check_label_grid(entry)
+            self.labels = self._slices([{"image": v["label"]} for v in volumes], cache, cache_dir, num_workers)
         self.volumes = volumes
         self.intensity = ct_intensity("image", "hu", window, in_channels)
         self.transform = transform
+
+    @staticmethod
+    def _slices(volumes: Sequence[dict], cache: str, cache_dir, num_workers: int) -> SliceStore | _CachedSlices:
+        """The int16 slices of ``{"image": path}`` volumes, reoriented (a label volume exactly as its image)."""
+        loading = ct_loading("image", "hu", window=None, volume=True)  # (1, X, Y, Z), values as stored
+        if cache == "disk":
+            return SliceStore(volumes, cache_dir, loading)
+        return _CachedSlices(volumes, loading, cache, num_workers)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -145,6 +197,8 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         i, seed = item if isinstance(item, tuple) else (item, None)
         v, k = self.index[i]
         sample = self.intensity({"image": self.slices.read(v, k)})  # (C, X, Y) in [0, 1]
+        if self.labels is not None:
+            sample["label"] = self.labels.read(v, k)  # (1, X, Y) label values
         sample.update(volume=v, slice=k)
         return seeded(seed, self.transform, sample) if self.transform is not None else sample
 

@@ -43,6 +43,9 @@ class ResumableSampler(Sampler):
         shuffle: permute each epoch; ``False`` keeps the dataset order (sample seeds still vary by epoch).
         num_replicas: ranks sharing the epoch (default: the world size, 1 without torch.distributed).
         rank: this process's rank (default: the current rank).
+        num_samples: samples an epoch (all ranks together); default the dataset's length. Fewer: each epoch
+            draws that many from its own permutation, so successive epochs see different samples (an epoch of
+            a few hundred slices out of thousands); more: the permutation is repeated.
 
     As with torch's ``DistributedSampler``, the epoch is padded by repeating samples so that every rank gets
     the same number. :meth:`attach` makes an ignite engine call :meth:`set_epoch` at each epoch and, when it
@@ -51,15 +54,18 @@ class ResumableSampler(Sampler):
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None,
-                 rank: int | None = None) -> None:
+                 rank: int | None = None, num_samples: int | None = None) -> None:
         import ignite.distributed as idist
 
         self.size, self.seed, self.shuffle = len(data_source), int(seed), shuffle
+        epoch_size = self.size if num_samples is None else int(num_samples)
+        if epoch_size < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         self.num_replicas = idist.get_world_size() if num_replicas is None else num_replicas
         self.rank = idist.get_rank() if rank is None else rank
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"rank {self.rank} is outside 0..{self.num_replicas - 1}")
-        self.per_rank = -(-self.size // self.num_replicas)  # ceil
+        self.per_rank = -(-epoch_size // self.num_replicas)  # ceil
         self.epoch, self._skip = 1, 0
 
     def attach(self, engine) -> None:

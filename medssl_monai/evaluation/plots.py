@@ -1,4 +1,5 @@
-"""Figures of a test evaluation: the confusion matrix and the ROC curves, as PNG files."""
+"""Figures of a test evaluation, as PNG files: the confusion matrix and ROC curves of a classifier, the Dice per
+organ and label overlays of a segmentation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 
 from medssl_monai.utils import atomic_path
 
-__all__ = ["plot_confusion_matrix", "plot_roc"]
+__all__ = ["plot_confusion_matrix", "plot_roc", "plot_organ_scores", "label_overlay", "axial_overlay",
+           "save_overlay"]
 
 
 def _figure():
@@ -63,6 +65,67 @@ def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], 
     ax.set_ylabel("true positive rate")
     ax.set_title(title or "ROC")
     ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_organ_scores(scores: np.ndarray, organs: Sequence[str], path: str | os.PathLike, title: str = "",
+                      metric: str = "Dice") -> None:
+    """One point per patient and the mean per organ of (patients, organs) ``scores`` (NaN: organ absent)."""
+    plt = _figure()
+    scores = np.asarray(scores, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(organs) + 1.5), 4))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(scores))
+    for k in range(len(organs)):
+        values = scores[:, k]
+        present = ~np.isnan(values)
+        ax.scatter(k + jitter[present], values[present], s=10, alpha=0.6, color="tab:blue")
+        if present.any():
+            ax.hlines(values[present].mean(), k - 0.3, k + 0.3, color="black")
+    ax.set_xticks(range(len(organs)), organs, rotation=45, ha="right")
+    ax.set_ylabel(f"{metric} (per patient; bar: mean)")
+    ax.set_ylim(0, 1) if metric == "Dice" else None
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def label_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.45) -> np.ndarray:
+    """(H, W, 3) uint8: a (H, W) image in [0, 1] in grey with the (H, W) label map in colour (background clear)."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10" if num_classes <= 11 else "tab20"](np.arange(max(num_classes - 1, 1)))[:, :3]
+    grey = np.repeat(np.clip(np.asarray(image, dtype=float), 0, 1)[..., None], 3, axis=-1)
+    labels = np.asarray(labels).astype(int)
+    out = grey.copy()
+    mask = labels > 0
+    out[mask] = (1 - alpha) * grey[mask] + alpha * colours[(labels[mask] - 1) % len(colours)]
+    return (out * 255).round().astype(np.uint8)
+
+
+def axial_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, z: int | None = None) -> np.ndarray:
+    """:func:`label_overlay` of axial slice ``z`` (default the middle one) of LPS-oriented (X, Y, Z) volumes, in
+    the radiological view: anterior up, the patient's right on the left of the picture."""
+    z = image.shape[-1] // 2 if z is None else z
+    return label_overlay(np.asarray(image)[..., z].T, np.asarray(labels)[..., z].T, num_classes)
+
+
+def save_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, num_classes: int,
+                 path: str | os.PathLike, title: str = "") -> None:
+    """Label and prediction over the middle axial slice of LPS-oriented (X, Y, Z) volumes, side by side, as
+    drawn by :func:`label_overlay`."""
+    plt = _figure()
+    panels = [axial_overlay(image, v, num_classes) for v in (label, pred)]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    for ax, panel, name in zip(axes, panels, ("label", "prediction")):
+        ax.imshow(panel)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -8,8 +8,9 @@ from medssl_monai.handlers.encoder_exporter import EncoderExporter
 from medssl_monai.handlers.finite_loss_check import FiniteLossCheck, check_finite_loss
 from medssl_monai.handlers.iteration_schedule import IterationSchedule
 from medssl_monai.handlers.representation_monitor import RepresentationCollapseError, RepresentationMonitor
+from medssl_monai.handlers.segmentation_overlay import SegmentationOverlay
 from medssl_monai.handlers.training_logger import TrainingLogger
 
 __all__ = ["BackboneFreezer", "BestModelSaver", "CheckpointWriter", "EncoderExporter", "FiniteLossCheck",
            "IterationSchedule", "RepresentationCollapseError", "RepresentationMonitor", "ResumeFromCheckpoint",
-           "TrainingLogger", "check_finite_loss"]
+           "SegmentationOverlay", "TrainingLogger", "check_finite_loss"]

@@ -1,4 +1,4 @@
-"""Fine-tuning with a truly frozen backbone for the first epochs (linear warm-up of the new head)."""
+"""Fine-tuning with a truly frozen backbone for the first epochs (warm-up of the new head or decoder)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from ignite.engine import Engine, Events
 from torch import nn
 
-from medssl_monai.networks.backbones import HEAD, split_backbone_head
+from medssl_monai.networks.backbones import in_backbone, split_backbone_head
 
 __all__ = ["BackboneFreezer"]
 
@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 class BackboneFreezer:
-    """Freeze everything but ``fc`` for the first ``freeze_epochs`` epochs, then train it all.
+    """Freeze the pre-trained backbone (all but a classifier's ``fc``, a U-Net's encoder) for the first
+    ``freeze_epochs`` epochs, then train it all.
 
     Frozen means unchanged: the backbone's parameters get no gradient (so Adam neither steps nor decays them)
     and its batch norms run in eval mode (running statistics neither used from the batch nor updated), even
@@ -41,7 +42,7 @@ class BackboneFreezer:
             p.requires_grad_(not freeze)
         if freeze:
             norms = [m for n, m in self.network.named_modules()
-                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and not n.startswith(HEAD)]
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and in_backbone(self.network, n)]
             self._hooks = [m.register_forward_pre_hook(lambda module, _: setattr(module, "training", False))
                            for m in norms]
         else:

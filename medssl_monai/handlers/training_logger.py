@@ -23,6 +23,11 @@ __all__ = ["TrainingLogger", "format_duration"]
 logger = logging.getLogger(__name__)
 
 
+def _scalar(loss: torch.Tensor | float) -> float:
+    """A loss as a float (MONAI's trainers keep the tensor, still attached to its graph)."""
+    return float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+
+
 def format_duration(seconds: float) -> str:
     """``1 h 02 min``, ``7 min 54 s`` or ``12 s``."""
     seconds = int(round(seconds))
@@ -34,7 +39,8 @@ def format_duration(seconds: float) -> str:
 
 
 class TrainingLogger:
-    """Attach progress, TensorBoard logging and a summary line to a trainer (on rank 0).
+    """Attach progress, TensorBoard logging and a summary line to a trainer (the pre-training engine or MONAI's
+    SupervisedTrainer; on rank 0).
 
     Args:
         summary_writer: the run's TensorBoard writer (see :func:`~medssl_monai.utils.summary_writer`).
@@ -78,7 +84,7 @@ class TrainingLogger:
         engine.add_event_handler(Events.ITERATION_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._log)
         if self.progress and sys.stderr.isatty():
-            ProgressBar(persist=True).attach(engine, output_transform=lambda out: {"loss": out["loss"]})
+            ProgressBar(persist=True).attach(engine, output_transform=lambda out: {"loss": _scalar(out["loss"])})
         elif self.progress:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._progress_line)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_mean)
@@ -95,15 +101,17 @@ class TrainingLogger:
     def _log(self, engine: Engine) -> None:
         step, out = engine.state.iteration, engine.state.output
         seconds = max(time.perf_counter() - self._tick, 1e-9)
-        images = out["images"].shape[0] * idist.get_world_size()
+        batch = out["images"] if "images" in out else out["image"]  # the pre-training engine's, MONAI's trainers'
+        images = batch.shape[0] * idist.get_world_size()
+        loss = _scalar(out["loss"])
         self._images += images
         self._window_images += images
-        self._epoch_losses.append(out["loss"])
-        self.writer.add_scalar("train/loss", out["loss"], step)
+        self._epoch_losses.append(loss)
+        self.writer.add_scalar("train/loss", loss, step)
         self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
         self.writer.add_scalar("train/images_per_s", images / seconds, step)
         for name, value in out.items():
-            if torch.is_tensor(value) and value.ndim == 0:
+            if torch.is_tensor(value) and value.ndim == 0 and name != "loss":
                 self.writer.add_scalar(f"train/{name}", value.item(), step)
         if self.image_interval and (step % self.image_interval == 0 or step == 1):
             rows = [out[k][:4, :1].float().cpu() for k in self.IMAGE_KEYS if k in out]  # each (n, 1, H, W)
@@ -127,7 +135,7 @@ class TrainingLogger:
         left = state.max_epochs * length - state.iteration
         logger.info(
             f"epoch {state.epoch}/{state.max_epochs} iteration {done}/{length} ({100 * done / length:.0f}%): "
-            f"loss {state.output['loss']:.4f} (epoch mean {sum(self._epoch_losses) / len(self._epoch_losses):.4f}), "
+            f"loss {self._epoch_losses[-1]:.4f} (epoch mean {sum(self._epoch_losses) / len(self._epoch_losses):.4f}), "
             f"{rate:.1f} images/s, ETA epoch {format_duration((length - done) * per_iteration)}, "
             f"run {format_duration(left * per_iteration)}"
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-__all__ = ["BACKBONES", "HEAD", "resnet", "split_backbone_head"]
+__all__ = ["BACKBONES", "HEAD", "resnet", "in_backbone", "split_backbone_head"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 HEAD = "fc."  # the classifier of a torchvision ResNet
@@ -33,10 +33,18 @@ def resnet(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
     return net
 
 
+def in_backbone(network: nn.Module, name: str) -> bool:
+    """Whether parameter or module ``name`` of ``network`` (unwrapped) is pre-trained: a U-Net's ``encoder``, a
+    classifier's all but ``fc``."""
+    from monai.networks.nets import FlexibleUNet
+
+    return name.startswith("encoder.") if isinstance(network, FlexibleUNet) else not name.startswith(HEAD)
+
+
 def split_backbone_head(network: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(backbone, head) parameters of a torchvision-named ResNet classifier (DDP-wrapped or not): the head is
-    ``fc``."""
+    """(backbone, head) parameters of a torchvision-named ResNet classifier or a ``FlexibleUNet`` (DDP-wrapped or
+    not): the head is the classifier's ``fc``, the U-Net's decoder and segmentation head."""
     net = getattr(network, "module", network)
-    backbone = [p for n, p in net.named_parameters() if not n.startswith(HEAD)]
-    head = [p for n, p in net.named_parameters() if n.startswith(HEAD)]
+    backbone = [p for n, p in net.named_parameters() if in_backbone(net, n)]
+    head = [p for n, p in net.named_parameters() if not in_backbone(net, n)]
     return backbone, head

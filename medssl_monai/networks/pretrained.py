@@ -1,4 +1,4 @@
-"""Initialising a classifier's backbone from a pre-trained checkpoint, whatever wrote it.
+"""Initialising a classifier's backbone or a U-Net's encoder from a pre-trained checkpoint, whatever wrote it.
 
 The formats (the project's own files, the reference study's published layouts) are read by
 :func:`~medssl_monai.checkpoints.read_backbone`; this module loads what it finds into a network, converting
@@ -14,6 +14,7 @@ from torch import nn
 
 from medssl_monai.checkpoints import BackboneWeights, adapt_stem, read_backbone
 from medssl_monai.networks.backbones import BACKBONES, resnet
+from medssl_monai.networks.unet import encoder_of
 
 __all__ = ["load_pretrained", "detect_backbone"]
 
@@ -22,25 +23,28 @@ logger = logging.getLogger(__name__)
 
 def load_pretrained(network: nn.Module, path: str | os.PathLike | None, fmt: str = "auto",
                     trust_checkpoint: bool = False) -> BackboneWeights | None:
-    """Load the backbone of ``path`` into ``network`` (its ``fc`` stays as initialised); ``None``: from scratch.
+    """Load the backbone of ``path`` into ``network``: a classifier (its ``fc`` stays as initialised) or a
+    ``FlexibleUNet`` (every tensor of its encoder; the decoder stays as initialised). ``None``: from scratch.
 
     Every backbone tensor is loaded and checked; the log says which format was read and any stem conversion.
     """
     if path is None or str(path) in ("", "None", "none"):
-        logger.info("no pretrained_checkpoint: the classifier is trained from scratch (random initialisation)")
+        logger.info("no pretrained_checkpoint: the network is trained from scratch (random initialisation)")
         return None
     net = getattr(network, "module", network)
-    weights = read_backbone(path, net, fmt, trust_checkpoint)
+    encoder = encoder_of(net)
+    target, new = (net, "fc is new") if encoder is None else (encoder, "the decoder is new")
+    weights = read_backbone(path, target, fmt, trust_checkpoint)
     state = dict(weights.state)
-    state["conv1.weight"], note = adapt_stem(state["conv1.weight"], net.conv1.weight.shape[1])
+    state["conv1.weight"], note = adapt_stem(state["conv1.weight"], target.conv1.weight.shape[1])
     if note:
         weights.notes.append(note)
         logger.info(f"{path}: {note}")
-    result = net.load_state_dict(state, strict=False)
+    result = target.load_state_dict(state, strict=False)
     if result.unexpected_keys or any(not k.startswith("fc.") for k in result.missing_keys):  # guarded above
         raise RuntimeError(f"{path}: backbone load left {result.missing_keys} missing, {result.unexpected_keys} "
                            "unexpected")
-    logger.info(f"loaded {len(state)} backbone tensors from {path} ({weights.format} format); fc is new")
+    logger.info(f"loaded {len(state)} backbone tensors from {path} ({weights.format} format); {new}")
     return weights
 
 

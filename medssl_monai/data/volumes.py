@@ -1,0 +1,96 @@
+"""Whole CT volumes for segmentation: validation and test (with their label volumes) and inference inputs.
+
+A volume is read, reoriented and windowed exactly as :class:`~medssl_monai.data.AxialSliceDataset` prepares the
+slices a 2D network trains on, so that a slice-by-slice inferer (MONAI's ``SliceInferer``) sees what training
+saw; the image keeps its metadata, so that predictions are inverted to the input's own orientation and written
+with its affine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai.data import Dataset
+from monai.transforms import Compose
+
+from medssl_monai.data.datasets import cached_dataset, check_label_grid, read_datalist
+from medssl_monai.data.transforms import ct_intensity, ct_loading
+
+__all__ = ["label_names", "volume_dataset", "volume_list", "volume_preprocessing"]
+
+DATALIST_KEYS = ("training", "validation", "test")
+
+
+def label_names(datalist: str | os.PathLike) -> list[str]:
+    """The label names of a segmentation datalist, by value: its ``labels`` mapping (``{"0": "background",
+    "1": "lung_left", ...}``, as in the Medical Segmentation Decathlon's ``dataset.json``).
+
+    Raises:
+        ValueError: the datalist has no ``labels``, or their values are not 0, 1, ... K - 1.
+    """
+    path = Path(datalist)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist not found: {path}")
+    labels = json.loads(path.read_text()).get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{path}: no 'labels' mapping of label values to names (e.g. {{\"0\": \"background\", "
+                         "\"1\": \"liver\"}}); pass --label_names [...] instead")
+    values = sorted(int(v) for v in labels)
+    if values != list(range(len(values))):
+        raise ValueError(f"{path}: label values must be 0, 1, ..., K - 1, got {values}")
+    return [str(labels[str(v)]) for v in values]
+
+
+def volume_list(source: str | os.PathLike, datalist_key: str | None = None) -> list[dict]:
+    """``{"image": path}`` entries of the CT volumes at ``source``: a datalist JSON (the demo's, or
+    ``prepare-dicom``'s; its ``datalist_key`` list, or with ``None`` or ``"all"`` all of training, validation and
+    test), a folder holding one, or a folder of NIfTI files (``datalist_key`` unused).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist or holds no volume.
+    """
+    source = Path(source)
+    if source.is_dir() and (source / "datalist.json").is_file():
+        source = source / "datalist.json"
+    if source.is_file():
+        if datalist_key not in (None, "all"):
+            return read_datalist(source, datalist_key)
+        present = [key for key in DATALIST_KEYS if key in json.loads(source.read_text())]
+        entries = [entry for key in present for entry in read_datalist(source, key)]
+    elif source.is_dir():
+        entries = [{"image": str(f)} for f in sorted(source.iterdir()) if f.name.endswith((".nii", ".nii.gz"))]
+    else:
+        raise FileNotFoundError(f"no input volumes at {source}: expected a datalist JSON or a folder of NIfTI files")
+    if not entries:
+        raise FileNotFoundError(f"no CT volumes in {source}")
+    return entries
+
+
+def volume_preprocessing(window: str | Sequence[float] = "full", in_channels: int = 1,
+                         labels: bool = True) -> Compose:
+    """Load, reorient and window ``image`` to (C, X, Y, Z) in [0, 1]; with ``labels``, ``label`` to (1, X, Y, Z)."""
+    keys = ["image", "label"] if labels else ["image"]
+    loading = ct_loading(keys, "hu", window=None, volume=True)
+    return Compose([*loading.transforms, *ct_intensity("image", "hu", window, in_channels).transforms])
+
+
+def volume_dataset(
+    data: str | os.PathLike | Sequence[dict],
+    window: str | Sequence[float] = "full",
+    in_channels: int = 1,
+    datalist_key: str | None = "validation",
+    labels: bool = True,
+    cache: str = "memory",
+    num_workers: int = 0,
+) -> Dataset:
+    """The volumes of ``data`` (see :func:`volume_list`, or entries) as samples ``{"image": (C, X, Y, Z),
+    "label": (1, X, Y, Z)}`` (label volumes checked to lie on their image's grid), cached ``cache`` (see
+    :func:`~medssl_monai.data.cached_dataset`)."""
+    volumes = volume_list(data, datalist_key) if isinstance(data, (str, os.PathLike)) else list(data)
+    if labels:
+        for entry in volumes:
+            check_label_grid(entry)
+    return cached_dataset(volumes, volume_preprocessing(window, in_channels, labels), cache, None, num_workers)
