@@ -13,11 +13,11 @@ warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
-    """A tiny demo collection: 4 patients of 8 slices at 64 x 64 (2 training, 1 validation, 1 test), 40
-    COVID-like images, 220 organ patches."""
+    """A tiny demo collection: 4 patients of 8 slices at 64 x 64 (2 training, 1 validation, 1 test), the
+    first 3 also as DICOM, 40 COVID-like images, 220 organ patches."""
     return make_demo_data(
         tmp_path_factory.mktemp("demo"), seed=7, patients=4, size=64, slices=8, covid_images=40, organ_patches=220,
-        workers=2,
+        dicom_patients=3, workers=2,
     )
 
 

@@ -109,3 +109,22 @@ def test_an_undefined_auc_is_not_tested():
     probs = np.full((2, 6, 2), 0.5)
     result = paired_comparison(labels, probs, probs, n_bootstrap=20, n_permutations=20)
     assert np.isnan(result["difference"]) and np.isnan(result["p_value"])
+
+
+def test_per_patient_scores_are_compared_paired_over_seeds_and_patients():
+    from medssl_monai.evaluation.paired import paired_score_comparison, score_interval
+
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0.4, 0.8, (3, 12))  # 3 seeds, 12 test patients
+    better = paired_score_comparison(b + 0.05, b, n_bootstrap=300, n_permutations=2000)
+    assert better["difference"] == pytest.approx(0.05) and better["ci_low"] == pytest.approx(0.05)
+    assert better["p_value"] == pytest.approx(1 / 2001)  # no sign flip of 36 equal differences reaches them
+    assert better["n_seeds"] == 3 and better["n_units"] == 12
+    noisy = paired_score_comparison(b + rng.normal(0, 0.1, b.shape), b, n_bootstrap=300, n_permutations=2000)
+    assert noisy["ci_low"] < noisy["difference"] < noisy["ci_high"] and noisy["p_value"] > 0.05
+    same = paired_score_comparison(b, b.copy(), n_bootstrap=100, n_permutations=100)
+    assert same["difference"] == 0 and same["p_value"] == 1
+    interval = score_interval(b, n_bootstrap=500)
+    assert interval["mean"] == pytest.approx(b.mean()) and interval["ci_low"] < b.mean() < interval["ci_high"]
+    with pytest.raises(ValueError, match="finite per-patient scores"):
+        paired_score_comparison(b, b[:, :5])

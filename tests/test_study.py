@@ -306,3 +306,31 @@ def test_a_run_log_leaves_no_handler_on_its_closed_file(tmp_path, capsys):
     assert "Logging error" not in (tmp_path / "two.log").read_text() + capsys.readouterr().err
     assert "second run" in (tmp_path / "two.log").read_text() and "first run" in (tmp_path / "one.log").read_text()
     assert not library.handlers
+
+
+def test_a_segmentation_task_is_fine_tuned_and_compared_by_patient_dice(study, demo_dir):
+    """The smoke study again with an organ-segmentation task: its classification runs are reused, the new task is
+    fine-tuned by ct_segmentation only (no frozen protocols), and its summary is the paired per-patient Dice."""
+    out, config, _ = study
+    from medssl_monai.study.report import read_patient_dice
+
+    tasks = {**config.tasks, "organ_seg": {"kind": "segmentation", "dataset_dir": str(demo_dir), "image_size": 64,
+                                           "samples_per_epoch": 8}}
+    rows = Study(type(config)(**{**config.to_dict(), "tasks": tasks}), out).run(progress=False)
+    seg = [r for r in rows if r["task"] == "organ_seg"]
+    assert len(rows) == 2 * 3 * 2 * 2 + len(seg) and len(seg) == 2 * 2 * 2  # methods x fractions x seeds
+    assert {r["protocol"] for r in seg} == {"finetune"} and all(r["auc"] == "" and 0 <= r["dice"] <= 1 for r in seg)
+    run = out / "runs" / "spark" / "organ_seg" / "finetune" / "fraction_0.5" / "seed_1"
+    overrides = json.loads((run / "config.json").read_text())
+    assert overrides["bundle"] == "ct_segmentation" and "protocol" not in overrides["overrides"]
+    assert "loaded 120 backbone tensors" in (run / "run.log").read_text()
+    cell = json.loads((out / "summary.json").read_text())["organ_seg"]["finetune"]["0.5"]
+    dice = {m: statistics.mean(statistics.mean(read_patient_dice(
+        out / "runs" / m / "organ_seg" / "finetune" / "fraction_0.5" / f"seed_{s}" / "eval" / "per_patient.csv").values())
+        for s in (0, 1)) for m in ("spark", "scratch")}
+    assert cell["methods"]["spark"]["mean"] == pytest.approx(dice["spark"])
+    assert cell["vs_scratch"]["spark"]["difference"] == pytest.approx(dice["spark"] - dice["scratch"])
+    assert 0 < cell["vs_scratch"]["spark"]["p_value"] <= 1
+    assert "## organ_seg: finetune (test mean Dice)" in (out / "summary.md").read_text()
+    with open(out / "results.csv", newline="") as f:
+        assert sum(r["task"] == "organ_seg" for r in csv.DictReader(f)) == 8

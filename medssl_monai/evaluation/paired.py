@@ -16,6 +16,11 @@ paired difference of their test ROC AUC, averaged over seeds, not by whether two
   1/2; p = (1 + #{|T*| >= |T|}) / (1 + P) for
   P permutations of the statistic T = mean over seeds of AUC(A) - AUC(B).
 
+A per-patient score (a segmentation's Dice) is compared the same way: the statistic is the mean over seeds of
+the mean over test patients of score(A) - score(B), bootstrapped over seeds and patients alike, and a
+permutation swaps A's and B's scores of a (seed, patient), which flips the sign of that difference
+(:func:`score_interval`, :func:`paired_score_comparison`).
+
 AUC is binary (positive = class 1) or macro one-vs-rest, as in :mod:`medssl_monai.evaluation.metrics`;
 bootstrap replicates are AUCs of the weighted (resampled) test set and permutations AUCs of swapped predictions,
 both for all replicates at once from the matrix of positive-negative comparisons.
@@ -26,7 +31,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-__all__ = ["weighted_auc", "swapped_aucs", "method_interval", "paired_comparison", "holm"]
+__all__ = ["weighted_auc", "swapped_aucs", "method_interval", "paired_comparison", "score_interval",
+           "paired_score_comparison", "holm"]
 
 
 def _pairs(positive_scores: np.ndarray, negative_scores: np.ndarray) -> np.ndarray:
@@ -161,6 +167,45 @@ def paired_comparison(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarr
     extreme = np.sum(np.abs(statistic) >= abs(observed) - 1e-12)
     result["p_value"] = float((1 + extreme) / (1 + n_permutations))
     return result
+
+
+def _score_replicates(scores: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
+    """(B,) bootstrap replicates of the mean over seeds and patients of (S, N) per-patient scores."""
+    n_seeds, n = scores.shape
+    seeds, weights = _draws(n_seeds, np.arange(n), n_bootstrap, seed)  # (B, S), (B, N)
+    per_seed = (weights @ scores.T).T / weights.sum(axis=1)  # (S, B): each seed's weighted patient mean
+    return _seed_weighted_mean(per_seed, seeds)
+
+
+def _check_scores(*arrays: np.ndarray) -> None:
+    shapes = {np.shape(a) for a in arrays}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or not all(np.isfinite(a).all() for a in arrays):
+        raise ValueError(f"expected finite per-patient scores (seeds, patients) of one shape, got {shapes}")
+
+
+def score_interval(scores: np.ndarray, n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Mean of one method's per-patient scores (S seeds, N test patients) with its bootstrap interval over seeds
+    and patients: ``{"mean", "ci_low", "ci_high", "n_seeds"}``."""
+    scores = np.asarray(scores, dtype=float)
+    _check_scores(scores)
+    low, high = _percentiles(_score_replicates(scores, n_bootstrap, seed), confidence)
+    return {"mean": float(scores.mean()), "ci_low": low, "ci_high": high, "n_seeds": len(scores)}
+
+
+def paired_score_comparison(scores_a: np.ndarray, scores_b: np.ndarray, n_bootstrap: int = 2000,
+                            n_permutations: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """A against B, per-patient scores (S, N) of the same seeds on the same test patients: ``{"difference",
+    "ci_low", "ci_high", "p_value", "n_seeds", "n_units"}``, the difference being the mean of A - B."""
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    _check_scores(a, b)
+    difference = a - b  # (S, N)
+    observed = float(difference.mean())
+    low, high = _percentiles(_score_replicates(difference, n_bootstrap, seed), confidence)
+    signs = np.where(np.random.default_rng(seed + 1).random((n_permutations, *difference.shape)) < 0.5, -1.0, 1.0)
+    statistic = (signs * difference).mean(axis=(1, 2))  # (P,)
+    extreme = np.sum(np.abs(statistic) >= abs(observed) - 1e-12)
+    return {"difference": observed, "ci_low": low, "ci_high": high,
+            "p_value": float((1 + extreme) / (1 + n_permutations)), "n_seeds": len(a), "n_units": a.shape[1]}
 
 
 def _ranks(probs: np.ndarray) -> np.ndarray:

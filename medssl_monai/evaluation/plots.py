@@ -98,7 +98,9 @@ def label_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha
     """(H, W, 3) uint8: a (H, W) image in [0, 1] in grey with the (H, W) label map in colour (background clear)."""
     from matplotlib import colormaps
 
-    colours = colormaps["tab10" if num_classes <= 11 else "tab20"](np.arange(max(num_classes - 1, 1)))[:, :3]
+    tab10 = colormaps["tab10"](np.arange(10))[:, :3]
+    # up to 9 organs: tab10 without its grey, which vanishes on CT; more: tab20
+    colours = np.delete(tab10, 7, axis=0) if num_classes <= 10 else colormaps["tab20"](np.arange(20))[:, :3]
     grey = np.repeat(np.clip(np.asarray(image, dtype=float), 0, 1)[..., None], 3, axis=-1)
     labels = np.asarray(labels).astype(int)
     out = grey.copy()

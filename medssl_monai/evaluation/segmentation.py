@@ -3,8 +3,9 @@
 Each test volume is predicted slice by slice (the inferer the bundle configures, MONAI's ``SliceInferer`` for
 the 2D U-Net) and scored in 3D against its label volume with MONAI's metrics: Dice (``compute_dice``) and the
 95th percentile Hausdorff distance in millimetres (``compute_hausdorff_distance`` with the volume's spacing).
-A patient is the unit: the report gives, per organ and for the mean over organs, the mean over patients with a
-95 % percentile interval from resampling whole patients. An organ absent from a patient's label volume does not
+A patient is the unit: the report gives, per organ, the mean over patients, and as ``mean`` the mean over
+patients of each patient's mean over its organs, each with a 95 % percentile interval from resampling whole
+patients. An organ absent from a patient's label volume does not
 count for that patient (MONAI's ``ignore_empty``); an organ the network misses entirely gets Dice 0 and, as its
 distance, the volume's diagonal in mm (a miss is the worst distance, not a missing value).
 """
@@ -56,11 +57,11 @@ def volume_scores(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
 
 
 def _summary(values: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-organ means over patients (K - 1,) and their mean over organs, of (patients, K - 1) with NaN gaps."""
+    """Of (patients, K - 1) scores with NaN gaps: per-organ means over patients (K - 1,), and the mean over
+    patients of each patient's mean over its organs (what a study pairs between methods, patient by patient)."""
     with warnings.catch_warnings():  # an organ that no (resampled) patient has is NaN, without a warning
         warnings.simplefilter("ignore", RuntimeWarning)
-        per_organ = np.nanmean(values, axis=0)
-        return per_organ, float(np.nanmean(per_organ))
+        return np.nanmean(values, axis=0), float(np.nanmean(np.nanmean(values, axis=1)))
 
 
 def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -73,7 +74,8 @@ def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
 def segmentation_metrics(scores: dict[str, np.ndarray], organs: Sequence[str], n_bootstrap: int = 1000,
                          seed: int = 0, confidence: float = 0.95) -> dict:
     """``{"dice": {"mean": {value, ci_low, ci_high}, <organ>: {...}}, "hd95": {...}, "n_patients": N}`` from
-    per-patient ``scores`` (``{"dice": (N, K - 1), "hd95": (N, K - 1)}``), resampling whole patients."""
+    per-patient ``scores`` (``{"dice": (N, K - 1), "hd95": (N, K - 1)}``), resampling whole patients; ``mean``
+    averages each patient's mean over its organs."""
     n = len(scores["dice"])
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, n, n) for _ in range(n_bootstrap)]

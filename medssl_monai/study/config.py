@@ -14,9 +14,11 @@ import yaml
 from medssl_monai.data.demo import COVID_CLASSES, ORGAN_CLASSES
 from medssl_monai.evaluation.probes import PROTOCOLS
 
-__all__ = ["METHODS", "PRESETS", "StudyConfig", "load_study_config"]
+__all__ = ["METHODS", "PRESETS", "TASK_BUNDLES", "StudyConfig", "load_study_config"]
 
 METHODS = ("scratch", "spark", "moco", "byol", "swav")
+# a task's ``kind`` (default classification) and the bundle that fine-tunes and tests on it
+TASK_BUNDLES = {"classification": "ct_classification", "segmentation": "ct_segmentation"}
 
 _DEMO_TASK = {"dataset_dir": "{demo}/covid_ct", "layout": "class_folders", "encoding": "hu16", "window": "lung",
               "class_names": list(COVID_CLASSES), "patient_pattern": "demo_(\\d+)_"}
@@ -93,7 +95,8 @@ PRESETS: dict[str, dict] = {
 class StudyConfig:
     """A study. ``external`` names encoder files (e.g. the authors' releases) fine-tuned like the methods;
     ``protocols`` are ct_classification's (``finetune``, ``linear``, ``knn``), each run on the same labelled
-    subsets; ``pretrain.overrides`` and ``finetune.overrides`` are bundle ids (``--max_epochs 2`` as ``max_epochs: 2``);
+    subsets (a task of ``kind: segmentation`` is fine-tuned by ct_segmentation, its labelled subsets whole
+    patients); ``pretrain.overrides`` and ``finetune.overrides`` are bundle ids (``--max_epochs 2`` as ``max_epochs: 2``);
     per-method ``pretrain.<method>`` dicts add to them."""
 
     methods: list[str]
@@ -128,14 +131,30 @@ class StudyConfig:
                 raise ValueError(f"{where} sets {', '.join(clash)}, which the study sets for each run (use "
                                  "protocols, fractions, seeds, methods or external instead)")
         for name, task in self.tasks.items():
-            if "dataset_dir" not in task or "class_names" not in task:
-                raise ValueError(f"task {name!r} needs dataset_dir and class_names")
+            kind = task.get("kind", "classification")
+            if kind not in TASK_BUNDLES:
+                raise ValueError(f"task {name!r}: unknown kind {kind!r}; expected one of {', '.join(TASK_BUNDLES)}")
+            if "dataset_dir" not in task or (kind == "classification" and "class_names" not in task):
+                raise ValueError(f"task {name!r} needs dataset_dir" + (" and class_names" if kind == "classification"
+                                                                        else " (a datalist with label volumes)"))
+            if kind == "segmentation" and "finetune" not in self.protocols:
+                raise ValueError(f"task {name!r} is a segmentation task, which only the finetune protocol evaluates; "
+                                 "add finetune to protocols")
 
     @property
     def data_dirs(self) -> list[str]:
         """The data the study reads: the pre-training collection and each task's labelled set."""
         return [str(d) for d in [self.pretrain.get("dataset_dir"), *(t["dataset_dir"] for t in self.tasks.values())]
                 if d is not None]
+
+    def bundle(self, task: str) -> str:
+        """The bundle that evaluates on ``task``."""
+        return TASK_BUNDLES[self.tasks[task].get("kind", "classification")]
+
+    def protocols_of(self, task: str) -> list[str]:
+        """The protocols ``task`` is evaluated with: all of the study's for classification, fine-tuning for
+        segmentation (the frozen protocols are classifiers on pooled features)."""
+        return list(self.protocols) if self.bundle(task) == "ct_classification" else ["finetune"]
 
     @property
     def arms(self) -> list[str]:

@@ -1,14 +1,15 @@
 """The study's outputs from its rows and the runs' test predictions.
 
 - ``results.csv``: every run (task, method, protocol, fraction, seed, test metrics with their own intervals).
-- ``summary.json`` / ``summary.md``: per task, protocol and fraction, each method's mean test ROC AUC over seeds
+- ``summary.json`` / ``summary.md``: per task, protocol and fraction, each method's mean test metric (ROC AUC; a
+  segmentation task's per-patient mean Dice, from each run's ``per_patient.csv``) over seeds
   with a 95 % interval (bootstrap over seeds and test patients), and its paired difference to ``scratch`` (the
   randomly initialised encoder, trained in ``finetune``, frozen in ``linear`` and ``knn``): mean difference,
   95 % interval, permutation p-value and the Holm-adjusted p-value over the table's comparisons
   (:mod:`medssl_monai.evaluation.paired`). The report then lists which differences are resolved (interval
   excluding 0 and Holm-adjusted p < 0.05) and which are not.
-- ``auc_vs_fraction.png``: mean AUC with its interval per method; ``difference_vs_scratch.png``: the paired
-  differences with their intervals.
+- ``auc_vs_fraction.png``: the mean metric (AUC, or Dice) with its interval per method;
+  ``difference_vs_scratch.png``: the paired differences with their intervals.
 """
 
 from __future__ import annotations
@@ -19,14 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from medssl_monai.evaluation.paired import holm, method_interval, paired_comparison
+from medssl_monai.evaluation.paired import (
+    holm,
+    method_interval,
+    paired_comparison,
+    paired_score_comparison,
+    score_interval,
+)
 from medssl_monai.utils import atomic_path, write_json
 
-__all__ = ["RESULT_FIELDS", "BASELINE", "read_predictions", "summarise", "write_report"]
+__all__ = ["RESULT_FIELDS", "BASELINE", "read_predictions", "read_patient_dice", "summarise", "write_report"]
 
 RESULT_FIELDS = ("task", "method", "protocol", "fraction", "seed", "auc", "auc_low", "auc_high", "accuracy",
                  "accuracy_low", "accuracy_high", "f1", "f1_low", "f1_high", "balanced_accuracy",
-                 "balanced_accuracy_low", "balanced_accuracy_high", "n_test", "seconds", "run_dir")
+                 "balanced_accuracy_low", "balanced_accuracy_high", "dice", "dice_low", "dice_high", "hd95",
+                 "hd95_low", "hd95_high", "n_test", "seconds", "run_dir")  # each row fills its task kind's metrics
 BASELINE = "scratch"
 ALPHA = 0.05
 _BASELINE_NAME = {"finetune": "scratch (random init, fine-tuned)", "linear": "random-init encoder (frozen)",
@@ -46,6 +54,49 @@ def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str
     return labels, probs, patients if all(patients) else None
 
 
+def read_patient_dice(path: str | Path) -> dict[str, float]:
+    """Each test patient's mean Dice over the organs its label volume has, from a segmentation run's
+    ``per_patient.csv`` (patients with no organ at all are left out)."""
+    with open(path, newline="") as f:
+        table = list(csv.DictReader(f))
+    if not table:
+        raise ValueError(f"{path}: no patients")
+    scores: dict[str, list[float]] = defaultdict(list)
+    for r in table:
+        if r["dice"] not in ("nan", "NaN", ""):
+            scores[r["patient"]].append(float(r["dice"]))
+    return {p: float(np.mean(v)) for p, v in scores.items() if v}
+
+
+def _score_matrix(runs: dict, seeds: list[int], patients: list[str]) -> np.ndarray:
+    """(S, N) scores of ``{seed: {patient: score}}``."""
+    return np.array([[runs[s][p] for p in patients] for s in seeds])
+
+
+def _segmentation_entry(loaded: dict, where: str, n_bootstrap: int, n_permutations: int) -> dict:
+    """A summary cell of a segmentation task from ``{method: {seed: {patient: Dice}}}``."""
+    entry: dict = {"methods": {}, "vs_scratch": {}}
+    for method, runs in loaded.items():
+        seeds = sorted(runs)
+        patients = sorted(runs[seeds[0]])
+        if any(sorted(runs[s]) != patients for s in seeds):
+            raise ValueError(f"{where}: {method}'s seeds were tested on different patients")
+        entry["methods"][method] = score_interval(_score_matrix(runs, seeds, patients), n_bootstrap)
+    if BASELINE in loaded:
+        for method, runs in loaded.items():
+            seeds = sorted(set(runs) & set(loaded[BASELINE]))
+            if method == BASELINE or not seeds:
+                continue
+            patients = sorted(runs[seeds[0]])
+            if sorted(loaded[BASELINE][seeds[0]]) != patients:
+                raise ValueError(f"{where}: {method} and {BASELINE} were tested on different patients; their "
+                                 "per_patient.csv cannot be paired")
+            entry["vs_scratch"][method] = paired_score_comparison(
+                _score_matrix(runs, seeds, patients), _score_matrix(loaded[BASELINE], seeds, patients), n_bootstrap,
+                n_permutations)
+    return entry
+
+
 def summarise(rows: list[dict], out: str | Path, n_bootstrap: int = 2000, n_permutations: int = 2000) -> dict:
     """``{task: {protocol: {fraction: {"methods": {method: interval}, "vs_scratch": {method: comparison}}}}}``
     from the runs' predictions under ``out``; seeds missing from either side of a pair are left out of it."""
@@ -56,6 +107,12 @@ def summarise(rows: list[dict], out: str | Path, n_bootstrap: int = 2000, n_perm
     summary: dict = {}
     for (task, protocol, fraction), methods in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                                         -float(kv[0][2]))):
+        if any(r.get("dice", "") != "" for seeds in methods.values() for r in seeds.values()):  # segmentation
+            loaded = {m: {s: read_patient_dice(out / r["run_dir"] / "eval" / "per_patient.csv")
+                          for s, r in seeds.items()} for m, seeds in methods.items()}
+            summary.setdefault(task, {}).setdefault(protocol, {})[fraction] = _segmentation_entry(
+                loaded, f"{task} {protocol} fraction {fraction}", n_bootstrap, n_permutations)
+            continue
         loaded = {m: {s: read_predictions(out / r["run_dir"] / "eval" / "predictions.csv") for s, r in seeds.items()}
                   for m, seeds in methods.items()}
         entry: dict = {"methods": {}, "vs_scratch": {}}
@@ -92,18 +149,19 @@ def _interval(cell: dict, key: str = "mean") -> str:
     return f"{cell[key]:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
 
 
-def _markdown(summary: dict, methods: list[str], fractions: list[str], seeds: int) -> str:
+def _markdown(summary: dict, methods: list[str], fractions: list[str], seeds: int, metrics: dict[str, str]) -> str:
     lines = ["# Label-fraction study", "",
-             f"Test ROC AUC, mean over {seeds} seed(s) with its 95 % interval (bootstrap over seeds and test "
+             f"The test metric of each task (classification: ROC AUC; segmentation: each test patient's mean Dice "
+             f"over its organs), mean over {seeds} seed(s) with its 95 % interval (bootstrap over seeds and test "
              "patients); columns are the share of the training labels. A seed draws the same labelled subset for "
              "every method and protocol. Below each table, each method's paired difference to `scratch` (a "
              "randomly initialised encoder: trained from scratch in fine-tuning, frozen in the linear and k-NN "
-             "protocols): mean AUC difference [95 % interval], permutation p-value, and the Holm-adjusted p-value "
+             "protocols): mean difference [95 % interval], permutation p-value, and the Holm-adjusted p-value "
              f"over the table's comparisons. A difference is called resolved when its interval excludes 0 and its "
              f"adjusted p-value is below {ALPHA}.", ""]
     for task, protocols in summary.items():
         for protocol, table in protocols.items():
-            lines += [f"## {task}: {protocol}", "", "| method | " + " | ".join(fractions) + " |",
+            lines += [f"## {task}: {protocol} (test {metrics[task]})", "", "| method | " + " | ".join(fractions) + " |",
                       "|---|" + "---|" * len(fractions)]
             for m in methods:
                 name = _BASELINE_NAME.get(protocol, m) if m == BASELINE else m
@@ -133,7 +191,7 @@ def _markdown(summary: dict, methods: list[str], fractions: list[str], seeds: in
     return "\n".join(lines)
 
 
-def _plots(summary: dict, methods: list[str], fractions: list[str], out: Path) -> None:
+def _plots(summary: dict, methods: list[str], fractions: list[str], out: Path, metrics: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +229,8 @@ def _plots(summary: dict, methods: list[str], fractions: list[str], out: Path) -
             ax.set_xticks(xs, fractions)
             ax.minorticks_off()
             ax.set_xlabel("share of training labels")
-            ax.set_ylabel("test AUC - scratch's (paired, 95 % CI)" if paired else "test ROC AUC (mean, 95 % CI)")
+            ax.set_ylabel(f"test {metrics[task]} - scratch's (paired, 95 % CI)" if paired
+                          else f"test {metrics[task]} (mean, 95 % CI)")
             ax.set_title(f"{task}: {protocol}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
@@ -187,12 +246,13 @@ def write_report(rows: list[dict], out: str | Path, n_bootstrap: int = 2000, n_p
     with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
         writer.writeheader()
-        writer.writerows({k: r[k] for k in RESULT_FIELDS} for r in rows)
+        writer.writerows({k: r.get(k, "") for k in RESULT_FIELDS} for r in rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fractions = [f"{f:g}" for f in sorted({float(r["fraction"]) for r in rows}, reverse=True)]
     summary = summarise(rows, out, n_bootstrap, n_permutations)
+    metrics = {r["task"]: "mean Dice" if r.get("dice", "") != "" else "ROC AUC" for r in rows}
     write_json(out / "summary.json", summary)
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(_markdown(summary, methods, fractions, len({int(r["seed"]) for r in rows})))
-    _plots(summary, methods, fractions, out)
+        tmp.write_text(_markdown(summary, methods, fractions, len({int(r["seed"]) for r in rows}), metrics))
+    _plots(summary, methods, fractions, out, metrics)
     return summary

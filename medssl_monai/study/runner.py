@@ -1,5 +1,6 @@
 """Run a label-fraction study through the bundles: pre-train once per method, then evaluate every (method,
-task, protocol, fraction, seed), each run in its own folder with its overrides, log and metrics.
+task, protocol, fraction, seed), each run in its own folder with its overrides, log and metrics (a
+classification task with ct_classification, a segmentation task with ct_segmentation).
 
 Every run is a run of a bundle's ``train.json`` with the overrides its ``config.json`` records, executed by
 MONAI's bundle parser in this process (one Python start-up, about 10 s, for the whole study instead of one per
@@ -155,7 +156,7 @@ class Study:
         feature pass)."""
         c = self.config
         return [Run(arm, task, protocol, float(f), int(s)) for arm in c.arms for task in c.tasks for s in c.seeds
-                for protocol in c.protocols for f in c.fractions]
+                for protocol in c.protocols_of(task) for f in c.fractions]
 
     def encoder(self, arm: str) -> str | None:
         """The starting weights of ``arm``: none for scratch, the file of an external encoder, or the encoder
@@ -199,14 +200,17 @@ class Study:
     def finetune_overrides(self, run: Run) -> dict:
         """The ids of one evaluation run (``protocol`` says which)."""
         folder = self.out / run.folder
+        task = {k: v for k, v in self.config.tasks[run.task].items() if k != "kind"}
         # the study's own ids last: what defines the run (StudyConfig refuses them in the overrides)
-        overrides = {**self.config.finetune.get("overrides", {}), **self.config.tasks[run.task],
+        overrides = {**self.config.finetune.get("overrides", {}), **task,
                      "protocol": run.protocol, "ckpt_dir": str(folder / "models"), "log_dir": str(folder / "logs"),
                      "output_dir": str(folder / "eval"), "label_fraction": run.fraction, "seed": run.seed,
                      "pretrained_checkpoint": self.encoder(run.arm) or "none",  # a CLI None would mean "default"
                      # no resumable training state (134 MB a ResNet18 epoch): a run of a few epochs is cheaper
                      # to redo when killed than its checkpoints are to write; the best model.pt is kept
                      "ckpt_interval": 0}
+        if self.config.bundle(run.task) == "ct_segmentation":  # which fine-tunes only: no protocol id
+            del overrides["protocol"]
         if run.protocol in FROZEN:
             overrides["feature_cache"] = str(self.out / "features")
         return overrides
@@ -215,8 +219,8 @@ class Study:
         """Every bundle run the study would make, one line each (bundle, folder, ids), without running any."""
         lines = [f"pretrain {m}: {m}_pretrain in {self.out / 'pretrain' / m}: " + " ".join(_cli(self.pretrain_overrides(m)))
                  for m in self.config.methods if m != "scratch"]
-        lines += [f"{r.protocol} {r.arm} {r.task} fraction {r.fraction:g} seed {r.seed}: ct_classification in "
-                  f"{self.out / r.folder}: " + " ".join(_cli(self.finetune_overrides(r))) for r in self.runs()]
+        lines += [f"{r.protocol} {r.arm} {r.task} fraction {r.fraction:g} seed {r.seed}: {self.config.bundle(r.task)} "
+                  f"in {self.out / r.folder}: " + " ".join(_cli(self.finetune_overrides(r))) for r in self.runs()]
         return lines
 
     def pretrain(self, method: str) -> None:
@@ -236,22 +240,25 @@ class Study:
         metrics = json.loads((folder / "eval" / "metrics.json").read_text())
         row = {"task": run.task, "method": run.arm, "protocol": run.protocol, "fraction": run.fraction,
                "seed": run.seed, "seconds": round(seconds, 2), "run_dir": run.folder}
-        for name in ("auc", "accuracy", "f1", "balanced_accuracy"):
-            row[name] = metrics[name]["value"]
-            row[f"{name}_low"], row[f"{name}_high"] = metrics[name]["ci_low"], metrics[name]["ci_high"]
-        row["n_test"] = metrics["n"]
-        write_json(folder / DONE, {**{k: row[k] for k in RESULT_FIELDS}, "identity": identity})
+        segmentation = self.config.bundle(run.task) == "ct_segmentation"
+        for name in ("dice", "hd95") if segmentation else ("auc", "accuracy", "f1", "balanced_accuracy"):
+            cell = metrics[name]["mean"] if segmentation else metrics[name]  # over organs, over patients
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = cell["value"], cell["ci_low"], cell["ci_high"]
+        row["n_test"] = metrics["n_patients" if segmentation else "n"]
+        row = {k: row.get(k, "") for k in RESULT_FIELDS}  # the other kind's metrics empty
+        write_json(folder / DONE, {**row, "identity": identity})
         return row
 
     def finetune(self, run: Run) -> dict:
         """One fine-tuning run (or its recorded row when already done)."""
         folder = self.out / run.folder
         overrides = self.finetune_overrides(run)
-        identity = self._identity("ct_classification", overrides)
+        bundle = self.config.bundle(run.task)
+        identity = self._identity(bundle, overrides)
         done = self._finished(folder, identity)
         if done is not None:
             return {k: v for k, v in done.items() if k != "identity"}
-        seconds = run_bundle("ct_classification", overrides, folder)
+        seconds = run_bundle(bundle, overrides, folder)
         return self._row(run, seconds, identity)
 
     def frozen(self, runs: list[Run]) -> list[dict]:
@@ -323,8 +330,9 @@ class Study:
             rows.append(row)
             if progress:
                 state = f"done in {row['seconds']:.1f} s" if fresh else "already done"
+                score = f"AUC {row['auc']:.3f}" if row["auc"] != "" else f"mean Dice {row['dice']:.3f}"
                 print(f"[{len(rows)}/{len(runs)}] {run.arm} {run.task} {run.protocol} fraction {run.fraction:g} "
-                      f"seed {run.seed}: AUC {row['auc']:.3f} ({state})", flush=True)
+                      f"seed {run.seed}: {score} ({state})", flush=True)
 
         for _, group in groupby(runs, key=lambda r: (r.arm, r.task, r.seed)):
             group = list(group)
