@@ -1,10 +1,12 @@
-"""MONAI Label serves a trained ct_classification model, started as the README says (``serve.sh``).
+"""MONAI Label serves trained ct_classification and ct_segmentation models, started as the README says
+(``serve.sh``).
 
 The real server runs in MONAI Label's own environment (``integrations/monailabel/build_env.sh`` builds it when
 it is missing, once per content of its requirements): the test trains a tiny classifier with non-default
 settings, starts ``serve.sh`` on a free port of 127.0.0.1, waits for ``/info/``, posts ``/infer`` for the
 images of the datastore, compares the answers with the project's own pipeline on the same files, checks that
-nothing listens beyond 127.0.0.1, and stops the server it started.
+nothing listens beyond 127.0.0.1, and stops the server it started; then the same for a segmentation U-Net,
+whose masks must equal the bundle's own inference, on the grid of the input.
 """
 
 from __future__ import annotations
@@ -103,6 +105,47 @@ def _expected_probabilities(demo_dir: Path, model_dir: Path, image: str) -> list
     raise AssertionError(f"{image} is in no split of the demo collection")
 
 
+class _Server:
+    """``serve.sh`` with ``args`` on a free port of 127.0.0.1, up (``/info/`` answers) or a failure with its log;
+    stopped, its whole process group, on exit."""
+
+    def __init__(self, studies: Path, log: Path, *args: str) -> None:
+        self.port, self.log_path = _free_port(), log
+        self.args = ["bash", str(APP / "serve.sh"), str(studies), "--port", str(self.port), *args]
+
+    def __enter__(self) -> "_Server":
+        self.log = open(self.log_path, "w+")
+        self.process = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self.info = _get(f"http://127.0.0.1:{self.port}/info/")
+                return self
+            except OSError:
+                self.log.seek(0)
+                assert self.process.poll() is None, \
+                    f"the server stopped (exit {self.process.returncode}):\n{self.log.read()[-3000:]}"
+                assert time.monotonic() < deadline, f"no answer on /info/ within 300 s:\n{self.log.read()[-3000:]}"
+                time.sleep(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        assert not _listening_addresses(self.port), "the server outlived the test"
+
+    def infer(self, model: str, image_id: str, output: str) -> bytes:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/infer/{model}?image={image_id}&output={output}", method="POST")
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.read()
+
+
 def test_serve_sh_serves_the_model_as_trained_on_localhost_only(monailabel_env, trained, demo_dir, tmp_path):
     studies = tmp_path / "studies"
     studies.mkdir()
@@ -111,59 +154,76 @@ def test_serve_sh_serves_the_model_as_trained_on_localhost_only(monailabel_env, 
         src = sorted((demo_dir / "covid_ct" / "Images-processed" / folder).glob("*.png"))[0]
         shutil.copy(src, studies / src.name)
         images[src.stem] = str(src)
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w+")
-    server = subprocess.Popen(["bash", str(APP / "serve.sh"), str(studies), "--port", str(port), "--models",
-                               str(trained / "models")], stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                info = _get(f"http://127.0.0.1:{port}/info/")
-                break
-            except OSError:
-                log.seek(0)
-                assert server.poll() is None, f"the server stopped (exit {server.returncode}):\n{log.read()[-3000:]}"
-                assert time.monotonic() < deadline, f"no answer on /info/ within 300 s:\n{log.read()[-3000:]}"
-                time.sleep(1)
-        model = info["models"]["ct_classification"]
+    with _Server(studies, tmp_path / "server.log", "--models", str(trained / "models")) as server:
+        model = server.info["models"]["ct_classification"]
         assert model["type"] == "classification" and model["labels"] == {"healthy": 0, "sick": 1}
-        assert _listening_addresses(port) == {"0100007F"}, "the server listens beyond 127.0.0.1"
-
-        objects = _get(f"http://127.0.0.1:{port}/datastore/?output=all")["objects"]
+        assert _listening_addresses(server.port) == {"0100007F"}, "the server listens beyond 127.0.0.1"
+        objects = _get(f"http://127.0.0.1:{server.port}/datastore/?output=all")["objects"]
         assert set(objects) == set(images)
         for image_id, path in images.items():
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/infer/ct_classification?image={image_id}&output=json", method="POST")
-            with urllib.request.urlopen(request, timeout=60) as response:
-                prediction = json.load(response)["prediction"]
+            prediction = json.loads(server.infer("ct_classification", image_id, "json"))["prediction"]
             assert [(p["idx"], p["label"]) for p in prediction] == [(0, "healthy"), (1, "sick")]
             scores = [p["score"] for p in prediction]
             assert scores == pytest.approx(_expected_probabilities(demo_dir, trained / "models", path), abs=1e-4)
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-        log.close()
-    assert not _listening_addresses(port), "the server outlived the test"
 
 
-@pytest.mark.parametrize("problem", ["no model", "no studies", "unknown option"])
+def test_serve_sh_serves_a_segmentation_model_with_masks_on_the_input_grid(monailabel_env, demo_dir, tmp_path):
+    """An untrained ResNet18 U-Net with non-default settings: MONAI Label's mask of a RAS-stored volume is the
+    bundle's own inference of it, voxel for voxel (a mask that varies in space, so a flip would show), with the
+    input's shape and affine."""
+    import nibabel as nib
+    import numpy as np
+    from monai.networks.nets import FlexibleUNet
+
+    from medssl_monai.data.synthetic import ORGAN_LABELS
+    from medssl_monai.networks import unet_backbone
+
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.manual_seed(0)
+    net = FlexibleUNet(1, len(ORGAN_LABELS), unet_backbone("resnet18"))
+    torch.nn.init.zeros_(net.segmentation_head[0].bias)  # else its bias alone decides: one class everywhere
+    torch.save(net.state_dict(), models / "model.pt")
+    settings = {"task": "segmentation", "backbone": "resnet18", "image_size": 32, "in_channels": 1,
+                "window": "mediastinum", "label_names": list(ORGAN_LABELS)}
+    (models / "model.json").write_text(json.dumps({"settings": settings, "metric": "val_mean_dice", "value": 0}))
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    datalist = json.loads((demo_dir / "datalist.json").read_text())
+    ras = nib.as_closest_canonical(nib.load(demo_dir / datalist["test"][0]["image"]))
+    nib.save(ras, studies / "scan.nii.gz")
+    expected = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+         str(ROOT / "bundles" / "ct_segmentation" / "configs" / "inference.json"), "--ckpt_dir", str(models),
+         "--input", str(studies), "--output_dir", str(tmp_path / "bundle_masks")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert expected.returncode == 0, expected.stderr[-3000:]
+    ours = nib.load(tmp_path / "bundle_masks" / "scan_seg.nii.gz")
+    with _Server(studies, tmp_path / "server.log", "--bundle", "ct_segmentation", "--models", str(models)) as server:
+        model = server.info["models"]["ct_segmentation"]
+        assert model["type"] == "segmentation"
+        assert model["labels"] == {name: i for i, name in enumerate(ORGAN_LABELS) if i > 0}
+        (tmp_path / "served.nii.gz").write_bytes(server.infer("ct_segmentation", "scan", "image"))
+    served = nib.load(tmp_path / "served.nii.gz")
+    assert served.shape == ras.shape and np.allclose(served.affine, ras.affine, atol=1e-3)
+    assert np.array_equal(np.asarray(served.dataobj), np.asarray(ours.dataobj))
+    assert len(np.unique(np.asarray(served.dataobj))) > 3  # varies over the volume
+
+
+@pytest.mark.parametrize("problem", ["no model", "no studies", "unknown option", "unknown bundle"])
 def test_serve_sh_refuses_bad_input_with_a_message(problem, trained, tmp_path):
     studies, models, extra = tmp_path, trained / "models", []
     if problem == "no model":
         models = tmp_path / "empty"
     elif problem == "no studies":
         studies = tmp_path / "missing"
-    else:
+    elif problem == "unknown option":
         extra = ["--bind-all"]
+    else:
+        extra = ["--bundle", "ct_detection"]
     result = subprocess.run(["bash", str(APP / "serve.sh"), str(studies), "--models", str(models), *extra],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert {"no model": "model.pt missing", "no studies": "does not exist",
-            "unknown option": "unknown argument --bind-all"}[problem] in result.stderr
+            "unknown option": "unknown argument --bind-all",
+            "unknown bundle": "unknown bundle ct_detection"}[problem] in result.stderr

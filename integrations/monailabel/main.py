@@ -1,13 +1,16 @@
-"""MONAI Label app serving medssl-monai's trained ct_classification bundle as a classifier.
+"""MONAI Label app serving medssl-monai's trained bundles: ct_classification as a classifier, ct_segmentation as
+a segmentation model.
 
-``serve.sh`` copies the trained bundle to ``model/ct_classification`` and starts MONAI Label on this folder.
-MONAI Label takes the class in this file whose direct base is ``MONAILabelApp``; :class:`CTClassificationApp`
-is that class. Each bundle under ``model/`` named by ``--conf models`` becomes a classification task: MONAI
-Label answers ``{"prediction": [{"idx", "label", "score"}, ...]}``. The bundle's ``inference.json`` reads the
-settings the model was trained with from ``models/model.json`` (written beside ``model.pt`` by training), so
-the model is served as trained, class names included. The stock ``Restored`` post-transform, which fails on a (C,) classifier
-output, is left out. Training through MONAI Label is not offered: its datastore gives label file paths, not
-class numbers; train with the bundle.
+``serve.sh`` copies the trained bundle to ``model/<bundle>`` and starts MONAI Label on this folder. MONAI Label
+takes the class in this file whose direct base is ``MONAILabelApp``; :class:`MedSSLApp` is that class. Each
+bundle under ``model/`` named by ``--conf models`` becomes a task of the kind its name says, as MONAI Label
+decides by folder name: a classifier answers ``{"prediction": [{"idx", "label", "score"}, ...]}`` (the stock
+``Restored`` post-transform, which fails on a (C,) classifier output, is left out); a segmentation model answers
+the mask of the whole volume, on the input's grid (its ``inference.json`` inverts the reorientation itself;
+MONAI Label drops the bundle's ``SaveImaged`` and writes the mask). The bundles' ``inference.json`` read the
+settings the model was trained with from ``models/model.json`` (written beside ``model.pt`` by training), so the
+model is served as trained, class or label names included. Training through MONAI Label is not offered
+(classification: its datastore gives label file paths, not class numbers); train with the bundle.
 """
 
 from __future__ import annotations
@@ -24,14 +27,14 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 logger = logging.getLogger(__name__)
 
 
-class CTClassificationApp(MONAILabelApp):
+class MedSSLApp(MONAILabelApp):
     """Serves the bundles ``conf["models"]`` (comma-separated folder names under ``APP_DIR/model``)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.models = self._bundles(Path(app_dir) / "model", conf.get("models", "ct_classification"))
-        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="medssl-monai CT classification",
-                         description="ct_classification bundles fine-tuned from self-supervised CT encoders",
-                         version=monailabel.__version__)
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="medssl-monai CT models",
+                         description="ct_classification and ct_segmentation bundles fine-tuned from self-supervised "
+                                     "CT encoders", version=monailabel.__version__)
 
     @staticmethod
     def _bundles(root: Path, names: str) -> dict[str, Path]:
@@ -45,7 +48,7 @@ class CTClassificationApp(MONAILabelApp):
                                             "with integrations/monailabel/serve.sh, which copies it here")
             settings = path / "models" / "model.json"
             trained = json.loads(settings.read_text())["settings"] if settings.is_file() else "bundle defaults"
-            logger.info(f"+++ classifier {name} => {path} (trained with {trained})")
+            logger.info(f"+++ {name} => {path} (trained with {trained})")
             bundles[name] = path
         if not bundles:
             raise ValueError("no bundle to serve: pass --conf models NAME[,NAME...]")
@@ -54,11 +57,16 @@ class CTClassificationApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         infers = {}
         for name, path in self.models.items():
-            task = BundleInferTask(str(path), self.conf, type=InferType.CLASSIFICATION, add_post_restore=False)
-            # the class names as trained (inference.json reads them from model.json), not the metadata's
-            # defaults; lower-cased as MONAI Label does for the names it takes from the metadata
-            class_names = task.bundle_config.get_parsed_content("class_names")
-            task.labels = {label.lower(): index for index, label in enumerate(class_names)}
+            if "segmentation" in name:
+                task = BundleInferTask(str(path), self.conf, type=InferType.SEGMENTATION)
+                # the label names as trained (inference.json reads them from model.json), background left out
+                # as MONAI Label does for the names it takes from the metadata
+                names = task.bundle_config.get_parsed_content("label_names")
+                task.labels = {label.lower(): index for index, label in enumerate(names) if index > 0}
+            else:
+                task = BundleInferTask(str(path), self.conf, type=InferType.CLASSIFICATION, add_post_restore=False)
+                class_names = task.bundle_config.get_parsed_content("class_names")
+                task.labels = {label.lower(): index for index, label in enumerate(class_names)}
             infers[name] = task
         return infers
 
