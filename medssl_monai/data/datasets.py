@@ -1,7 +1,8 @@
-"""2D axial-slice datasets for pre-training, on MONAI's caching datasets.
+"""2D axial-slice datasets for pre-training and segmentation, on MONAI's caching datasets.
 
 :class:`AxialSliceDataset` serves every axial slice of a list of CT volumes (NIfTI from ``prepare-dicom`` or
-the demo generator): each volume is loaded and reoriented once, then kept in HU by a MONAI ``CacheDataset``
+the demo generator), with its label map where the volumes have label volumes: each volume is loaded and
+reoriented once, then kept in HU by a MONAI ``CacheDataset``
 (in memory) or a :class:`~medssl_monai.data.slice_store.SliceStore` (on disk, read a slice at a time); a
 sample is one slice, windowed, followed by the random transforms. :func:`png_slice_dataset` serves a folder of
 PNG slices (the authors' preprocessed LIDC layout) the same way.

@@ -23,6 +23,13 @@ def _figure():
     return plt
 
 
+def _save(plt, fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` as a PNG at ``path`` (atomically) and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
     """Counts and row-normalised shares, true classes down, predicted across."""
     plt = _figure()
@@ -41,9 +48,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
@@ -66,9 +71,7 @@ def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], 
     ax.set_title(title or "ROC")
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_organ_scores(scores: np.ndarray, organs: Sequence[str], path: str | os.PathLike, title: str = "",
@@ -89,9 +92,7 @@ def plot_organ_scores(scores: np.ndarray, organs: Sequence[str], path: str | os.
     ax.set_ylim(0, 1) if metric == "Dice" else None
     ax.set_title(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def label_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.45) -> np.ndarray:
@@ -129,6 +130,4 @@ def save_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, num_cla
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
