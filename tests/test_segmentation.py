@@ -136,16 +136,37 @@ def test_brief_training_beats_an_untrained_unet(demo_dir):
     assert dice[0] > 0.6 and dice[1] > 0.6, dice  # lung_left, lung_right
 
 
+def test_slices_and_volumes_resampled_in_plane_keep_their_slices_and_label_values(demo_dir, tmp_path):
+    """``spacing`` resamples in plane only: a volume keeps its slices, a label map its values (nearest
+    neighbour), the volume's affine says 6 mm, and the disk store keeps each grid apart."""
+    datalist = demo_dir / "datalist.json"
+    stored = AxialSliceDataset(datalist, window="lung", labels=True, cache="disk", cache_dir=tmp_path)
+    resampled = AxialSliceDataset(datalist, window="lung", labels=True, cache="disk", cache_dir=tmp_path, spacing=6)
+    assert len(resampled) == len(stored) and len(list(tmp_path.glob("*.npy"))) == 4 * len(stored.volumes)
+    entry = stored.volumes[0]
+    header = nib.load(entry["image"]).header
+    sample = resampled[3]
+    expected = round(header.get_data_shape()[0] * float(header.get_zooms()[0]) / 6)
+    assert abs(sample["image"].shape[-1] - expected) <= 1 and sample["label"].shape == sample["image"].shape
+    assert set(sample["label"].unique().tolist()) <= set(range(K)) and sample["label"].max() > 0
+    volume = volume_dataset(datalist, window="lung", datalist_key="validation", spacing=[6, 6])[0]
+    assert np.allclose(np.linalg.norm(np.asarray(volume["image"].affine)[:3, :2], axis=0), 6.0)
+    assert volume["image"].shape[-1] == nib.load(entry["image"]).shape[2] and volume["label"].shape == volume["image"].shape
+    with pytest.raises(ValueError, match="spacing must be one positive"):
+        volume_dataset(datalist, datalist_key="validation", spacing=[6, 0])
+
+
 @pytest.fixture(scope="module")
 def trained(demo_dir, tmp_path_factory):
-    """A tiny run from a saved encoder, killed at its first checkpoint and resumed to the end."""
+    """A tiny run from a saved encoder, killed at its first checkpoint and resumed to the end, on slices
+    resampled to 4 mm pixels (so that inference must invert the resampling to write masks on the input grid)."""
     out = tmp_path_factory.mktemp("seg")
     torch.manual_seed(0)
     save_encoder(resnet("resnet18", 1).state_dict(), out / "encoder.pt")
     args = ["run", "--config_file", str(CONFIGS / "train.json"), "--dataset_dir", str(demo_dir),
             "--ckpt_dir", str(out / "models"), "--log_dir", str(out / "logs"), "--output_dir", str(out / "eval"),
             *SMALL, "--batch_size", "4", "--samples_per_epoch", "8", "--freeze_epochs", "1", "--num_workers", "0",
-            "--n_bootstrap", "50", "--pretrained_checkpoint", str(out / "encoder.pt"), "--max_epochs", "2"]
+            "--n_bootstrap", "50", "--spacing", "4", "--pretrained_checkpoint", str(out / "encoder.pt"), "--max_epochs", "2"]
     first = run_killed([sys.executable, "-m", "monai.bundle", *args], out / "models", cwd=ROOT)  # after epoch 1
     second = _run(*args)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -166,6 +187,7 @@ def test_training_resumes_and_reports_dice_and_hd95_per_organ(trained):
     assert (out / "eval" / "dice_per_organ.png").stat().st_size > 0 and (out / "eval" / "overlay.png").is_file()
     settings = json.loads((out / "models" / "model.json").read_text())
     assert settings["metric"] == "val_mean_dice" and settings["settings"]["label_names"] == list(ORGAN_LABELS)
+    assert settings["settings"]["spacing"] == 4
     state = torch.load(out / "models" / "model.pt", weights_only=True)  # a plain state_dict of the stock class
     FlexibleUNet(1, K, unet_backbone("resnet18")).load_state_dict(state, strict=True)
     events = b"".join(f.read_bytes() for f in (out / "logs").glob("events.out.tfevents.*"))

@@ -185,7 +185,8 @@ def test_the_shipped_example_config_is_the_demo_preset(tmp_path):
     demo = load_study_config(preset="demo", demo_dir=str(tmp_path))
     assert example == demo and example.tasks["covid"]["dataset_dir"] == f"{tmp_path}/covid_ct"
     assert example.tasks["organs"]["dataset_dir"] == f"{tmp_path}/organ_mnist.npz"
-    assert len(Study(example, tmp_path / "s").runs()) == 5 * 2 * 3 * 5 * 3  # methods, tasks, protocols, fractions, seeds
+    # methods x fractions x (classification tasks x protocols x seeds + the segmentation task's one seed)
+    assert len(Study(example, tmp_path / "s").runs()) == 5 * 5 * (2 * 3 * 3 + 1)
 
 
 # the reference study's table (shared/reference/paper_protocol.md), row by row, as the resolved ids of each
@@ -309,28 +310,32 @@ def test_a_run_log_leaves_no_handler_on_its_closed_file(tmp_path, capsys):
 
 
 def test_a_segmentation_task_is_fine_tuned_and_compared_by_patient_dice(study, demo_dir):
-    """The smoke study again with an organ-segmentation task: its classification runs are reused, the new task is
-    fine-tuned by ct_segmentation only (no frozen protocols), and its summary is the paired per-patient Dice."""
+    """The smoke study again with an organ-segmentation task of its own seed, resampled to 6 mm pixels: the
+    classification runs are reused, the new task is fine-tuned by ct_segmentation only (no frozen protocols) with
+    seed 1 alone, and its summary is the paired per-patient Dice."""
     out, config, _ = study
     from medssl_monai.study.report import read_patient_dice
 
     tasks = {**config.tasks, "organ_seg": {"kind": "segmentation", "dataset_dir": str(demo_dir), "image_size": 64,
-                                           "samples_per_epoch": 8}}
+                                           "spacing": 6.0, "samples_per_epoch": 8, "seeds": [1]}}
     rows = Study(type(config)(**{**config.to_dict(), "tasks": tasks}), out).run(progress=False)
     seg = [r for r in rows if r["task"] == "organ_seg"]
-    assert len(rows) == 2 * 3 * 2 * 2 + len(seg) and len(seg) == 2 * 2 * 2  # methods x fractions x seeds
+    assert len(rows) == 2 * 3 * 2 * 2 + len(seg) and len(seg) == 2 * 2  # methods x fractions, one seed
+    assert {r["seed"] for r in seg} == {1}
     assert {r["protocol"] for r in seg} == {"finetune"} and all(r["auc"] == "" and 0 <= r["dice"] <= 1 for r in seg)
     run = out / "runs" / "spark" / "organ_seg" / "finetune" / "fraction_0.5" / "seed_1"
     overrides = json.loads((run / "config.json").read_text())
     assert overrides["bundle"] == "ct_segmentation" and "protocol" not in overrides["overrides"]
+    assert overrides["overrides"]["spacing"] == 6.0 and "seeds" not in overrides["overrides"]
     assert "loaded 120 backbone tensors" in (run / "run.log").read_text()
     cell = json.loads((out / "summary.json").read_text())["organ_seg"]["finetune"]["0.5"]
     dice = {m: statistics.mean(statistics.mean(read_patient_dice(
         out / "runs" / m / "organ_seg" / "finetune" / "fraction_0.5" / f"seed_{s}" / "eval" / "per_patient.csv").values())
-        for s in (0, 1)) for m in ("spark", "scratch")}
+        for s in (1,)) for m in ("spark", "scratch")}
     assert cell["methods"]["spark"]["mean"] == pytest.approx(dice["spark"])
     assert cell["vs_scratch"]["spark"]["difference"] == pytest.approx(dice["spark"] - dice["scratch"])
     assert 0 < cell["vs_scratch"]["spark"]["p_value"] <= 1
-    assert "## organ_seg: finetune (test mean Dice)" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "## organ_seg: finetune (test mean Dice, 1 seed)" in summary and "## covid: knn (test ROC AUC, 2 seeds)" in summary
     with open(out / "results.csv", newline="") as f:
-        assert sum(r["task"] == "organ_seg" for r in csv.DictReader(f)) == 8
+        assert sum(r["task"] == "organ_seg" for r in csv.DictReader(f)) == 4

@@ -23,7 +23,7 @@ from monai.transforms import Compose, Lambdad
 
 from medssl_monai.data.sampling import seeded
 from medssl_monai.data.slice_store import SliceStore, int16_slices
-from medssl_monai.data.transforms import ct_intensity, ct_loading
+from medssl_monai.data.transforms import ct_intensity, ct_loading, in_plane_spacing
 
 __all__ = ["AxialSliceDataset", "png_slice_dataset", "read_datalist", "cached_dataset", "check_label_grid",
            "patient_subset"]
@@ -146,6 +146,8 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         num_workers: threads that fill the memory cache.
         labels: also serve each entry's ``label`` volume (segmentation).
         label_fraction, seed: keep the volumes of this share of the patients (see :func:`patient_subset`).
+        spacing: resample each volume in plane to this pixel spacing in mm (label maps by nearest neighbour),
+            slices kept; ``None`` keeps the stored grid (see :func:`~medssl_monai.data.transforms.ct_loading`).
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         labels: bool = False,
         label_fraction: float = 1.0,
         seed: int = 0,
+        spacing: float | Sequence[float] | None = None,
     ) -> None:
         volumes = read_datalist(data, datalist_key) if isinstance(data, (str, os.PathLike)) else list(data)
         if not volumes:
@@ -172,22 +175,27 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         self.index = [(v, k) for v, n in enumerate(counts) for k in range(0, n, slice_step)]
         if cache == "disk" and cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir")
-        self.slices = self._slices(volumes, cache, cache_dir, num_workers)
+        self.slices = self._slices(volumes, cache, cache_dir, num_workers, spacing, "bilinear")
         self.labels = None
         if labels:
             for entry in volumes:
                 check_label_grid(entry)
-            self.labels = self._slices([{"image": v["label"]} for v in volumes], cache, cache_dir, num_workers)
+            self.labels = self._slices([{"image": v["label"]} for v in volumes], cache, cache_dir, num_workers,
+                                       spacing, "nearest")
         self.volumes = volumes
         self.intensity = ct_intensity("image", "hu", window, in_channels)
         self.transform = transform
 
     @staticmethod
-    def _slices(volumes: Sequence[dict], cache: str, cache_dir, num_workers: int) -> SliceStore | _CachedSlices:
-        """The int16 slices of ``{"image": path}`` volumes, reoriented (a label volume exactly as its image)."""
-        loading = ct_loading("image", "hu", window=None, volume=True)  # (1, X, Y, Z), values as stored
+    def _slices(volumes: Sequence[dict], cache: str, cache_dir, num_workers: int, spacing, mode: str
+                ) -> SliceStore | _CachedSlices:
+        """The int16 slices of ``{"image": path}`` volumes, reoriented and resampled to ``spacing`` with ``mode``
+        (a label volume exactly as its image)."""
+        # (1, X, Y, Z), values as stored
+        loading = ct_loading("image", "hu", window=None, volume=True, spacing=spacing, spacing_mode=mode)
         if cache == "disk":
-            return SliceStore(volumes, cache_dir, loading)
+            grid = "" if spacing is None else f"spacing {in_plane_spacing(spacing)} {mode}"
+            return SliceStore(volumes, cache_dir, loading, grid)
         return _CachedSlices(volumes, loading, cache, num_workers)
 
     def __len__(self) -> int:

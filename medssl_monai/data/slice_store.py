@@ -42,11 +42,12 @@ def int16_slices(volume: torch.Tensor) -> torch.Tensor:
     return volume[0].permute(2, 0, 1).round().clamp(*HU_RANGE).to(torch.int16).contiguous()
 
 
-def _store_name(path: str) -> str:
-    """The store file of a source volume: a hash of what identifies its content cheaply."""
+def _store_name(path: str, grid: str = "") -> str:
+    """The store file of a source volume: a hash of what identifies its content cheaply, and of ``grid``, the
+    resampling its slices had (none when empty)."""
     source = Path(path).resolve()
     stat = source.stat()
-    key = f"{FORMAT_VERSION}|{source}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{FORMAT_VERSION}|{source}|{stat.st_size}|{stat.st_mtime_ns}" + (f"|{grid}" if grid else "")
     return hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy"
 
 
@@ -68,14 +69,15 @@ class SliceStore:
         volumes: ``{"image": path}`` entries.
         cache_dir: folder of the store, shared by runs on the same data.
         loading: turns an entry into ``{"image": (1, X, Y, Z) HU}`` (reoriented so that Z is axial).
+        grid: names the resampling ``loading`` does, if any, so that each grid has its own store files.
 
     Under ``torch.distributed`` each rank stores its share of the missing volumes, then all wait for each other.
     """
 
-    def __init__(self, volumes: Sequence[dict], cache_dir: str | os.PathLike, loading: Callable) -> None:
+    def __init__(self, volumes: Sequence[dict], cache_dir: str | os.PathLike, loading: Callable, grid: str = "") -> None:
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.files = [self.cache_dir / _store_name(v["image"]) for v in volumes]
+        self.files = [self.cache_dir / _store_name(v["image"], grid) for v in volumes]
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         # each rank stores the missing volumes of its fixed share (by index, whatever the others have done)
         missing = [i for i in range(rank, len(volumes), world) if not self.files[i].is_file()]

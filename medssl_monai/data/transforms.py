@@ -15,6 +15,7 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     MapTransform,
+    Spacingd,
     RepeatChanneld,
     ScaleIntensityd,
     ScaleIntensityRanged,
@@ -22,7 +23,7 @@ from monai.transforms import (
 )
 
 __all__ = ["HU_WINDOWS", "ENCODINGS", "PNG_HU_OFFSET", "resolve_window", "HUWindowd", "FiniteCheckd", "GreyChanneld",
-           "ct_intensity", "ct_loading"]
+           "ct_intensity", "ct_loading", "in_plane_spacing"]
 
 # (lower, upper) HU of each named window; "full" is the whole CT range, for the paper's unwindowed data
 HU_WINDOWS: dict[str, tuple[float, float]] = {
@@ -132,6 +133,14 @@ def ct_intensity(
     return Compose(steps)
 
 
+def in_plane_spacing(spacing: float | Sequence[float]) -> tuple[float, float]:
+    """An in-plane pixel spacing in mm, one value or ``[x, y]``, as ``(x, y)``; a ValueError unless positive."""
+    values = (float(spacing),) * 2 if isinstance(spacing, (int, float)) else tuple(float(v) for v in spacing)
+    if len(values) != 2 or min(values) <= 0:
+        raise ValueError(f"spacing must be one positive in-plane pixel spacing in mm or [x, y], got {spacing!r}")
+    return values
+
+
 def ct_loading(
     keys: KeysCollection = "image",
     encoding: str = "hu",
@@ -139,6 +148,8 @@ def ct_loading(
     in_channels: int = 1,
     load: bool = True,
     volume: bool = False,
+    spacing: float | Sequence[float] | None = None,
+    spacing_mode: str | Sequence[str] = "bilinear",
 ) -> Compose:
     """The deterministic front of every pipeline: load, channel first, intensities to [0, 1], channels.
 
@@ -150,6 +161,10 @@ def ct_loading(
         load: read files; ``False`` for samples that already hold arrays (MedMNIST).
         volume: 3D volumes, reoriented to LPS so that the last axis runs foot to head and a slice reads like
             a 2D image loaded by MONAI (first axis patient left, second posterior).
+        spacing: volumes only: resample in plane to this pixel spacing in mm (one value, or ``[x, y]``),
+            keeping the slices as they are (a 2D network sees one pixel size whatever the scanner's field of
+            view); ``None`` keeps the stored grid.
+        spacing_mode: the interpolation of that resampling, per key (``nearest`` for label maps).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
@@ -160,6 +175,8 @@ def ct_loading(
     steps.append(FiniteCheckd(keys))
     if volume:
         steps.append(Orientationd(keys, axcodes="LPS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+        if spacing is not None:
+            steps.append(Spacingd(keys, pixdim=(*in_plane_spacing(spacing), -1.0), mode=spacing_mode))
     steps.append(EnsureTyped(keys, dtype="float32", track_meta=volume))
     if encoding == "uint8" and load:
         steps.append(GreyChanneld(keys))

@@ -69,11 +69,13 @@ def volume_list(source: str | os.PathLike, datalist_key: str | None = None) -> l
     return entries
 
 
-def volume_preprocessing(window: str | Sequence[float] = "full", in_channels: int = 1,
-                         labels: bool = True) -> Compose:
-    """Load, reorient and window ``image`` to (C, X, Y, Z) in [0, 1]; with ``labels``, ``label`` to (1, X, Y, Z)."""
+def volume_preprocessing(window: str | Sequence[float] = "full", in_channels: int = 1, labels: bool = True,
+                         spacing: float | Sequence[float] | None = None) -> Compose:
+    """Load, reorient (and resample in plane to ``spacing`` mm, labels by nearest neighbour) and window ``image``
+    to (C, X, Y, Z) in [0, 1]; with ``labels``, ``label`` to (1, X, Y, Z). Invertible (MONAI's ``Invertd``)."""
     keys = ["image", "label"] if labels else ["image"]
-    loading = ct_loading(keys, "hu", window=None, volume=True)
+    loading = ct_loading(keys, "hu", window=None, volume=True, spacing=spacing,
+                         spacing_mode=["bilinear", "nearest"][: len(keys)])
     return Compose([*loading.transforms, *ct_intensity("image", "hu", window, in_channels).transforms])
 
 
@@ -85,12 +87,13 @@ def volume_dataset(
     labels: bool = True,
     cache: str = "memory",
     num_workers: int = 0,
+    spacing: float | Sequence[float] | None = None,
 ) -> Dataset:
     """The volumes of ``data`` (see :func:`volume_list`, or entries) as samples ``{"image": (C, X, Y, Z),
-    "label": (1, X, Y, Z)}`` (label volumes checked to lie on their image's grid), cached ``cache`` (see
-    :func:`~medssl_monai.data.cached_dataset`)."""
+    "label": (1, X, Y, Z)}`` (label volumes checked to lie on their image's grid; both resampled in plane to
+    ``spacing`` mm when given), cached ``cache`` (see :func:`~medssl_monai.data.cached_dataset`)."""
     volumes = volume_list(data, datalist_key) if isinstance(data, (str, os.PathLike)) else list(data)
     if labels:
         for entry in volumes:
             check_label_grid(entry)
-    return cached_dataset(volumes, volume_preprocessing(window, in_channels, labels), cache, None, num_workers)
+    return cached_dataset(volumes, volume_preprocessing(window, in_channels, labels, spacing), cache, None, num_workers)

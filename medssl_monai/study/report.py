@@ -149,10 +149,11 @@ def _interval(cell: dict, key: str = "mean") -> str:
     return f"{cell[key]:.3f} [{cell['ci_low']:.3f}, {cell['ci_high']:.3f}]"
 
 
-def _markdown(summary: dict, methods: list[str], fractions: list[str], seeds: int, metrics: dict[str, str]) -> str:
+def _markdown(summary: dict, methods: list[str], fractions: list[str], seeds: dict[str, int],
+              metrics: dict[str, str]) -> str:
     lines = ["# Label-fraction study", "",
              f"The test metric of each task (classification: ROC AUC; segmentation: each test patient's mean Dice "
-             f"over its organs), mean over {seeds} seed(s) with its 95 % interval (bootstrap over seeds and test "
+             f"over its organs), mean over the task's seeds with its 95 % interval (bootstrap over seeds and test "
              "patients); columns are the share of the training labels. A seed draws the same labelled subset for "
              "every method and protocol. Below each table, each method's paired difference to `scratch` (a "
              "randomly initialised encoder: trained from scratch in fine-tuning, frozen in the linear and k-NN "
@@ -161,7 +162,8 @@ def _markdown(summary: dict, methods: list[str], fractions: list[str], seeds: in
              f"adjusted p-value is below {ALPHA}.", ""]
     for task, protocols in summary.items():
         for protocol, table in protocols.items():
-            lines += [f"## {task}: {protocol} (test {metrics[task]})", "", "| method | " + " | ".join(fractions) + " |",
+            lines += [f"## {task}: {protocol} (test {metrics[task]}, {seeds[task]} seed{'s' * (seeds[task] > 1)})", "",
+                      "| method | " + " | ".join(fractions) + " |",
                       "|---|" + "---|" * len(fractions)]
             for m in methods:
                 name = _BASELINE_NAME.get(protocol, m) if m == BASELINE else m
@@ -253,6 +255,7 @@ def write_report(rows: list[dict], out: str | Path, n_bootstrap: int = 2000, n_p
     metrics = {r["task"]: "mean Dice" if r.get("dice", "") != "" else "ROC AUC" for r in rows}
     write_json(out / "summary.json", summary)
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(_markdown(summary, methods, fractions, len({int(r["seed"]) for r in rows}), metrics))
+        seeds = {task: len({int(r["seed"]) for r in rows if r["task"] == task}) for task in metrics}
+        tmp.write_text(_markdown(summary, methods, fractions, seeds, metrics))
     _plots(summary, methods, fractions, out, metrics)
     return summary

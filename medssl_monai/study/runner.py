@@ -155,7 +155,7 @@ class Study:
         """Every evaluation run, grouped by method, task and seed (the frozen protocols of a group share one
         feature pass)."""
         c = self.config
-        return [Run(arm, task, protocol, float(f), int(s)) for arm in c.arms for task in c.tasks for s in c.seeds
+        return [Run(arm, task, protocol, float(f), s) for arm in c.arms for task in c.tasks for s in c.seeds_of(task)
                 for protocol in c.protocols_of(task) for f in c.fractions]
 
     def encoder(self, arm: str) -> str | None:
@@ -200,7 +200,7 @@ class Study:
     def finetune_overrides(self, run: Run) -> dict:
         """The ids of one evaluation run (``protocol`` says which)."""
         folder = self.out / run.folder
-        task = {k: v for k, v in self.config.tasks[run.task].items() if k != "kind"}
+        task = {k: v for k, v in self.config.tasks[run.task].items() if k not in ("kind", "seeds")}
         # the study's own ids last: what defines the run (StudyConfig refuses them in the overrides)
         overrides = {**self.config.finetune.get("overrides", {}), **task,
                      "protocol": run.protocol, "ckpt_dir": str(folder / "models"), "log_dir": str(folder / "logs"),
