@@ -1,56 +1,62 @@
-"""SparK invariants: sparsity at every stage, visible-only batch norm, masked-only loss, mask-token gradients,
-a tiny overfit, and a torchvision-compatible encoder."""
+"""SparK invariants in 2D and 3D: sparsity at every stage, visible-only batch norm, masked-only loss, mask-token
+gradients, a tiny overfit, and encoders that load into the stock torchvision (2D) and MONAI (3D) ResNets."""
 
+import monai.networks.nets
 import pytest
 import torch
 import torchvision
 
-from medssl_monai.networks.spark import MaskContext, SparK, SparseBatchNorm2d, upsample_mask
+from medssl_monai.networks.spark import MaskContext, SparK, SparseBatchNorm, upsample_mask
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(params=[2, 3], ids=["2d", "3d"])
+def model(request):
+    """A tiny SparK with a 2x2 (2D, 64 px) or 2x2x2 (3D, 32 voxels, MONAI's stride-16 ResNet) mask grid."""
     torch.manual_seed(0)
-    return SparK("resnet18", in_channels=1, image_size=64, mask_ratio=0.5, decoder_width=64)
+    size = 64 if request.param == 2 else 32
+    return SparK("resnet18", in_channels=1, image_size=size, mask_ratio=0.5, decoder_width=64,
+                 spatial_dims=request.param)
 
 
 def test_masked_positions_are_zero_after_every_stage(model):
-    x = torch.randn(3, 1, 64, 64)
+    size = model.image_size
+    x = torch.randn(3, 1, *size)
     mask = model.random_mask(3, "cpu")
     outputs = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: outputs.append(out))
              for m in model.encoder.net.modules() if m is not model.encoder.net and not list(m.children())]
     hooks += [getattr(model.encoder.net, f"layer{i}").register_forward_hook(lambda mod, inp, out: outputs.append(out))
               for i in range(1, 5)]
-    model.encoder(x * upsample_mask(mask, (64, 64)), mask)
+    model.encoder(x * upsample_mask(mask, size), mask)
     for h in hooks:
         h.remove()
     assert len(outputs) > 40
     for out in outputs:
-        hidden = ~upsample_mask(mask, out.shape[-2:]).expand_as(out)
+        hidden = ~upsample_mask(mask, out.shape[2:]).expand_as(out)
         assert torch.all(out[hidden] == 0)
         assert out[~hidden].abs().sum() > 0
 
 
-def test_sparse_batch_norm_statistics_are_those_of_visible_positions():
+@pytest.mark.parametrize("dims", [2, 3])
+def test_sparse_batch_norm_statistics_are_those_of_visible_positions(dims):
     ctx = MaskContext()
-    bn = SparseBatchNorm2d(4, momentum=1.0)
+    bn = SparseBatchNorm(4, momentum=1.0)
     bn.context = ctx
-    x = torch.randn(2, 4, 8, 8)
-    ctx.mask = torch.rand(2, 1, 2, 2) > 0.5
-    ctx.mask[0, 0, 0, 0] = True
-    visible = upsample_mask(ctx.mask, (8, 8))[:, 0]
+    x = torch.randn(2, 4, *(8,) * dims)
+    ctx.mask = torch.rand(2, 1, *(2,) * dims) > 0.5
+    ctx.mask[(0, 0) + (0,) * dims] = True
+    visible = upsample_mask(ctx.mask, (8,) * dims)[:, 0]
     x[~visible.unsqueeze(1).expand_as(x)] = 1e4  # masked values must not leak into the statistics
     out = bn(x)
-    vis = x.permute(0, 2, 3, 1)[visible]  # (N, C)
+    vis = x.movedim(1, -1)[visible]  # (N, C)
     torch.testing.assert_close(bn.running_mean, vis.mean(0))
     torch.testing.assert_close(bn.running_var, vis.var(0, unbiased=True))
-    assert torch.all(out.permute(0, 2, 3, 1)[~visible] == 0)
-    torch.testing.assert_close(out.permute(0, 2, 3, 1)[visible].mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    assert torch.all(out.movedim(1, -1)[~visible] == 0)
+    torch.testing.assert_close(out.movedim(1, -1)[visible].mean(0), torch.zeros(4), atol=1e-5, rtol=0)
 
 
 def test_only_masked_patches_drive_the_loss_and_mask_tokens_learn(model):
-    x = torch.randn(2, 1, 64, 64)
+    x = torch.randn(2, 1, *model.image_size)
     mask = model.random_mask(2, "cpu")
     captured = {}
 
@@ -61,8 +67,8 @@ def test_only_masked_patches_drive_the_loss_and_mask_tokens_learn(model):
     model.decoder.register_forward_hook(keep)
     out = model(x, mask)
     out["loss"].backward()
-    grad = captured["pred"].grad  # (B, 1, 64, 64)
-    visible = upsample_mask(mask, (64, 64))
+    grad = captured["pred"].grad  # (B, 1, *S)
+    visible = upsample_mask(mask, model.image_size)
     assert torch.all(grad[visible] == 0)
     assert grad[~visible].abs().sum() > 0
     for token in model.mask_tokens:
@@ -70,14 +76,26 @@ def test_only_masked_patches_drive_the_loss_and_mask_tokens_learn(model):
 
 
 def test_mask_has_the_requested_ratio_and_bad_sizes_fail(model):
+    dims = len(model.image_size)
     mask = model.random_mask(5, "cpu")
-    assert mask.shape == (5, 1, 2, 2) and torch.all(mask.view(5, -1).sum(1) == 2)
-    with pytest.raises(ValueError, match="multiple of 32"):
+    assert mask.shape == (5, 1, *(2,) * dims) and torch.all(mask.view(5, -1).sum(1) == 2 ** dims // 2)
+    with pytest.raises(ValueError, match="multiples of 32 for SparK \\(2D\\)"):
         SparK("resnet18", image_size=100)
+    with pytest.raises(ValueError, match="multiples of 16 for SparK \\(3D\\)"):
+        SparK("resnet18", image_size=(32, 32, 24), spatial_dims=3)
     with pytest.raises(ValueError, match="leaves no patch of the 1x1 grid masked"):
         SparK("resnet18", image_size=32)
-    with pytest.raises(ValueError, match=r"expects input \(B, 1, 64, 64\)"):
-        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"expects input \(B, 1, " + ", ".join(map(str, model.image_size))):
+        model(torch.randn(1, 1, *(16,) * dims))
+
+
+def test_patchify_is_row_major_and_unpatchify_inverts_it(model):
+    x = torch.randn(2, 1, *model.image_size)
+    patches = model.patchify(x)  # (B, L, p^d)
+    p, dims = model.encoder.downsample, len(model.image_size)
+    assert patches.shape == (2, 2 ** dims, p ** dims)
+    torch.testing.assert_close(patches[:, -1], x[(..., *(slice(p, 2 * p),) * dims)].flatten(1))  # last cell
+    assert torch.equal(model.unpatchify(patches, model.image_size), x)
 
 
 def test_tiny_overfit_halves_the_loss():
@@ -104,5 +122,13 @@ def test_encoder_loads_into_torchvision_with_only_fc_missing(backbone, in_channe
     net = getattr(torchvision.models, backbone)()
     if in_channels == 1:
         net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    result = net.load_state_dict(model.encoder.backbone_state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_3d_encoder_loads_into_monai_resnet_with_only_fc_missing(backbone):
+    model = SparK(backbone, image_size=32, decoder_width=64, spatial_dims=3)
+    net = getattr(monai.networks.nets, backbone)(spatial_dims=3, n_input_channels=1)
     result = net.load_state_dict(model.encoder.backbone_state_dict(), strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and result.unexpected_keys == []

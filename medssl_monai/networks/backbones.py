@@ -1,8 +1,10 @@
-"""The backbone factory every method shares: a torchvision ResNet with a 1- or 3-channel stem.
+"""The backbone factories every method shares: a torchvision ResNet with a 1- or 3-channel stem (2D), and
+MONAI's ``ResNet`` with one input channel (3D).
 
-The modules keep torchvision's names, so a backbone's state_dict (less ``fc``) loads straight into
-``torchvision.models.resnet50()``; the methods keep their backbone under the prefix ``backbone.`` (SparK:
-``encoder.net.``), which is all encoder export needs to know.
+The modules keep their library's names, so a backbone's state_dict (less ``fc``) loads straight into
+``torchvision.models.resnet50()`` or ``monai.networks.nets.resnet50(spatial_dims=3, n_input_channels=1)``; the
+methods keep their backbone under the prefix ``backbone.`` (SparK: ``encoder.net.``), which is all encoder
+export needs to know.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-__all__ = ["BACKBONES", "HEAD", "resnet", "in_backbone", "split_backbone_head"]
+__all__ = ["BACKBONES", "HEAD", "resnet", "resnet_3d", "in_backbone", "split_backbone_head"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 HEAD = "fc."  # the classifier of a torchvision ResNet
@@ -30,6 +32,20 @@ def resnet(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     net.feature_dim = net.fc.in_features
     net.fc = nn.Identity()
+    return net
+
+
+def resnet_3d(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
+    """A randomly initialised 3D ResNet, MONAI's stock one (``monai.networks.nets.resnet50(spatial_dims=3,
+    n_input_channels=1)``: 7-cubed stride-1 stem, max pool, shortcut B) without ``fc``: (B, C, X, Y, Z) ->
+    (B, feature_dim) at a total stride of 16."""
+    from monai.networks import nets
+
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
+    net = getattr(nets, backbone)(spatial_dims=3, n_input_channels=in_channels, feed_forward=False)
+    net.feature_dim = net.layer4[-1].conv3.out_channels if hasattr(net.layer4[-1], "conv3") else \
+        net.layer4[-1].conv2.out_channels
     return net
 
 
