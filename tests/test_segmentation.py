@@ -154,6 +154,8 @@ def test_slices_and_volumes_resampled_in_plane_keep_their_slices_and_label_value
     assert volume["image"].shape[-1] == nib.load(entry["image"]).shape[2] and volume["label"].shape == volume["image"].shape
     with pytest.raises(ValueError, match="spacing must be one positive"):
         volume_dataset(datalist, datalist_key="validation", spacing=[6, 0])
+    with pytest.raises(ValueError, match="axial slices keep their thickness"):
+        AxialSliceDataset(datalist, labels=True, spacing=[6, 6, 6])
 
 
 @pytest.fixture(scope="module")

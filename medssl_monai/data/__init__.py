@@ -1,4 +1,4 @@
-"""CT data: the synthetic demo collection, DICOM ingestion, HU windows, 2D slice and whole-volume datasets."""
+"""CT data: the synthetic demo collection, DICOM ingestion, HU windows, 2D slice, whole-volume and 3D patch datasets."""
 
 from medssl_monai.data.datasets import (
     AxialSliceDataset,
@@ -18,7 +18,7 @@ from medssl_monai.data.downstream import (
 from medssl_monai.data.sampling import ResumableSampler, SeededDataset
 from medssl_monai.data.views import MultiViewd, ct_augmentation
 from medssl_monai.data.transforms import HU_WINDOWS, FiniteCheckd, HUWindowd, ct_loading, resolve_window
-from medssl_monai.data.volumes import label_names, volume_dataset, volume_list, volume_preprocessing
+from medssl_monai.data.volumes import label_names, volume_dataset, volume_list, volume_patch_dataset, volume_preprocessing
 
 __all__ = [
     "AxialSliceDataset",
@@ -44,5 +44,6 @@ __all__ = [
     "table_datalist",
     "volume_dataset",
     "volume_list",
+    "volume_patch_dataset",
     "volume_preprocessing",
 ]

@@ -23,7 +23,7 @@ from monai.transforms import Compose, Lambdad
 
 from medssl_monai.data.sampling import seeded
 from medssl_monai.data.slice_store import SliceStore, int16_slices
-from medssl_monai.data.transforms import ct_intensity, ct_loading, in_plane_spacing
+from medssl_monai.data.transforms import ct_intensity, ct_loading, resolve_spacing
 
 __all__ = ["AxialSliceDataset", "png_slice_dataset", "read_datalist", "cached_dataset", "check_label_grid",
            "patient_subset"]
@@ -169,6 +169,9 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         volumes = read_datalist(data, datalist_key) if isinstance(data, (str, os.PathLike)) else list(data)
         if not volumes:
             raise ValueError(f"no volumes in {data if isinstance(data, (str, os.PathLike)) else 'the data list'}")
+        if spacing is not None and resolve_spacing(spacing)[2] > 0:
+            raise ValueError(f"spacing {spacing!r}: axial slices keep their thickness; give the in-plane spacing "
+                             "(one value or [x, y])")
         volumes = patient_subset(volumes, label_fraction, seed) if label_fraction != 1 else volumes
         counts = [_num_axial_slices(v["image"]) for v in volumes]
         # (volume index, slice index) of every sample
@@ -194,7 +197,7 @@ class AxialSliceDataset(torch.utils.data.Dataset):
         # (1, X, Y, Z), values as stored
         loading = ct_loading("image", "hu", window=None, volume=True, spacing=spacing, spacing_mode=mode)
         if cache == "disk":
-            grid = "" if spacing is None else f"spacing {in_plane_spacing(spacing)} {mode}"
+            grid = "" if spacing is None else f"spacing {resolve_spacing(spacing)} {mode}"
             return SliceStore(volumes, cache_dir, loading, grid)
         return _CachedSlices(volumes, loading, cache, num_workers)
 

@@ -23,7 +23,7 @@ from monai.transforms import (
 )
 
 __all__ = ["HU_WINDOWS", "ENCODINGS", "PNG_HU_OFFSET", "resolve_window", "HUWindowd", "FiniteCheckd", "GreyChanneld",
-           "ct_intensity", "ct_loading", "in_plane_spacing"]
+           "ct_intensity", "ct_loading", "resolve_spacing"]
 
 # (lower, upper) HU of each named window; "full" is the whole CT range, for the paper's unwindowed data
 HU_WINDOWS: dict[str, tuple[float, float]] = {
@@ -133,12 +133,14 @@ def ct_intensity(
     return Compose(steps)
 
 
-def in_plane_spacing(spacing: float | Sequence[float]) -> tuple[float, float]:
-    """An in-plane pixel spacing in mm, one value or ``[x, y]``, as ``(x, y)``; a ValueError unless positive."""
+def resolve_spacing(spacing: float | Sequence[float]) -> tuple[float, float, float]:
+    """A target voxel spacing in mm as MONAI's ``Spacing`` pixdim: one value or ``[x, y]`` resample in plane
+    (the slice spacing kept, -1), ``[x, y, z]`` all three axes; a ValueError unless positive."""
     values = (float(spacing),) * 2 if isinstance(spacing, (int, float)) else tuple(float(v) for v in spacing)
-    if len(values) != 2 or min(values) <= 0:
-        raise ValueError(f"spacing must be one positive in-plane pixel spacing in mm or [x, y], got {spacing!r}")
-    return values
+    if len(values) not in (2, 3) or min(values) <= 0:
+        raise ValueError(f"spacing must be one positive pixel spacing in mm, [x, y] (in plane) or [x, y, z], "
+                         f"got {spacing!r}")
+    return (*values, -1.0) if len(values) == 2 else values
 
 
 def ct_loading(
@@ -163,7 +165,7 @@ def ct_loading(
             a 2D image loaded by MONAI (first axis patient left, second posterior).
         spacing: volumes only: resample in plane to this pixel spacing in mm (one value, or ``[x, y]``),
             keeping the slices as they are (a 2D network sees one pixel size whatever the scanner's field of
-            view); ``None`` keeps the stored grid.
+            view), or to ``[x, y, z]`` (3D networks); ``None`` keeps the stored grid.
         spacing_mode: the interpolation of that resampling, per key (``nearest`` for label maps).
     """
     if encoding not in ENCODINGS:
@@ -176,7 +178,7 @@ def ct_loading(
     if volume:
         steps.append(Orientationd(keys, axcodes="LPS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
         if spacing is not None:
-            steps.append(Spacingd(keys, pixdim=(*in_plane_spacing(spacing), -1.0), mode=spacing_mode))
+            steps.append(Spacingd(keys, pixdim=resolve_spacing(spacing), mode=spacing_mode))
     steps.append(EnsureTyped(keys, dtype="float32", track_meta=volume))
     if encoding == "uint8" and load:
         steps.append(GreyChanneld(keys))

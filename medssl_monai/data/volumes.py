@@ -1,4 +1,5 @@
-"""Whole CT volumes for segmentation: validation and test (with their label volumes) and inference inputs.
+"""Whole CT volumes: validation and test (with their label volumes) and inference inputs for segmentation, and
+random 3D patches for volumetric pre-training.
 
 A volume is read, reoriented and windowed exactly as :class:`~medssl_monai.data.AxialSliceDataset` prepares the
 slices a 2D network trains on, so that a slice-by-slice inferer (MONAI's ``SliceInferer``) sees what training
@@ -10,16 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from monai.data import Dataset
-from monai.transforms import Compose
+from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
 
 from medssl_monai.data.datasets import cached_dataset, check_label_grid, read_datalist
+from medssl_monai.data.sampling import SeededDataset
 from medssl_monai.data.transforms import ct_intensity, ct_loading
 
-__all__ = ["label_names", "volume_dataset", "volume_list", "volume_preprocessing"]
+__all__ = ["label_names", "volume_dataset", "volume_list", "volume_patch_dataset", "volume_preprocessing"]
 
 DATALIST_KEYS = ("training", "validation", "test")
 
@@ -97,3 +99,34 @@ def volume_dataset(
         for entry in volumes:
             check_label_grid(entry)
     return cached_dataset(volumes, volume_preprocessing(window, in_channels, labels, spacing), cache, None, num_workers)
+
+
+def volume_patch_dataset(
+    data: str | os.PathLike | Sequence[dict],
+    patch_size: Sequence[int],
+    window: str | Sequence[float] = "full",
+    spacing: float | Sequence[float] | None = None,
+    transform: Callable | None = None,
+    datalist_key: str | None = "training",
+    cache: str = "memory",
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int = 0,
+) -> SeededDataset:
+    """One random ``patch_size`` patch a sample, ``{"image": (1, X, Y, Z) in [0, 1]}``, from each volume of
+    ``data`` (see :func:`volume_list`, or entries; a sampler that draws more samples than volumes draws more
+    patches of each).
+
+    The deterministic part (load, reorient, resample to ``spacing`` mm, window) is cached ``cache`` (see
+    :func:`~medssl_monai.data.cached_dataset`; ``disk`` for archives larger than memory); the patch is padded
+    where the volume is smaller, cropped at a random position, then ``transform`` (3D augmentation) runs,
+    seeded per sample under :class:`~medssl_monai.data.ResumableSampler` so that a resumed run sees the
+    same patches.
+    """
+    volumes = volume_list(data, datalist_key) if isinstance(data, (str, os.PathLike)) else list(data)
+    size = [int(v) for v in patch_size]
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"patch_size must be three positive sizes (X, Y, Z voxels), got {patch_size!r}")
+    stored = cached_dataset(volumes, volume_preprocessing(window, 1, labels=False, spacing=spacing), cache,
+                            cache_dir, num_workers)
+    crop = [SpatialPadd("image", size), RandSpatialCropd("image", size, random_size=False)]
+    return SeededDataset(stored, Compose([*crop, *([transform] if transform is not None else [])]))
