@@ -8,7 +8,9 @@ Written:
 - the stock-network encoder files of a pre-training run (:data:`ENCODER_FILES`): ``encoder.pt`` and
   ``encoder.safetensors`` in torchvision's layout with a 3-channel stem whatever ``in_channels`` the run used
   (a 1-channel stem becomes three copies of the grey filter / 3, so a grey slice copied to 3 channels gives
-  the same features), and the native 1-channel stem as ``encoder_1ch.pt``;
+  the same features), and the native 1-channel stem as ``encoder_1ch.pt``; a 3D run writes ``encoder.pt`` and
+  ``encoder.safetensors`` in the layout of MONAI's stock 3D ResNet with its 1-channel stem
+  (:data:`ENCODER_FILES_3D`);
 - the release layouts of the reference study (:data:`LAYOUTS`), for the authors' downstream code:
   ``spark`` ``{"module": state_dict}``; ``moco``, ``byol`` and ``swav`` ``{"state_dict": {prefix + name}}``
   with the prefixes of their Lightning checkpoints (:data:`RELEASE_PREFIXES`).
@@ -35,7 +37,7 @@ from torch import nn
 from medssl_monai.utils.files import atomic_path
 
 __all__ = [
-    "BACKBONE_PREFIXES", "ENCODER_FILES", "FORMATS", "LAYOUTS", "RELEASE_PREFIXES", "BackboneWeights", "RunInfo",
+    "BACKBONE_PREFIXES", "ENCODER_FILES", "ENCODER_FILES_3D", "FORMATS", "LAYOUTS", "RELEASE_PREFIXES", "BackboneWeights", "RunInfo",
     "adapt_stem", "backbone_state_dict", "export_encoder", "latest_checkpoint", "load_checkpoint", "read_backbone",
     "save_encoder", "training_checkpoints", "write_encoder_files",
 ]
@@ -47,6 +49,8 @@ _TRAINING_NAME = re.compile(rf"^{TRAINING_CHECKPOINT_PREFIX}_(\d+)\.pt$")
 BACKBONE_PREFIXES = {"spark": "encoder.net.", "moco": "backbone.", "byol": "backbone.", "swav": "backbone."}
 # the stock-network files of a pre-training run: name -> stem input channels
 ENCODER_FILES = {"encoder.pt": 3, "encoder.safetensors": 3, "encoder_1ch.pt": 1}
+# a 3D run's: the stem as trained, for monai.networks.nets.resnet50(spatial_dims=3, n_input_channels=1)
+ENCODER_FILES_3D = {"encoder.pt": None, "encoder.safetensors": None}
 # the reference study's release layouts: the Lightning prefixes of the joint-embedding methods
 RELEASE_PREFIXES = {"moco": "encoder_q.", "byol": "online_network.encoder.", "swav": "model."}
 LAYOUTS = ("torchvision", "spark", *RELEASE_PREFIXES)
@@ -177,12 +181,17 @@ def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout:
 
 
 def write_encoder_files(network_state: dict, method: str, out_dir: str | os.PathLike,
-                        layouts: tuple[str, ...] = ()) -> list[Path]:
-    """The end of a pre-training run: :data:`ENCODER_FILES` and ``encoder_<layout>.pth`` for each release
-    layout (with the stem the run trained) from the method's state_dict."""
+                        layouts: tuple[str, ...] = (), spatial_dims: int = 2) -> list[Path]:
+    """The end of a pre-training run: :data:`ENCODER_FILES` (3D: :data:`ENCODER_FILES_3D`) and
+    ``encoder_<layout>.pth`` for each release layout (with the stem the run trained; 2D only, the releases are
+    2D) from the method's state_dict."""
+    if spatial_dims == 3 and layouts:
+        raise ValueError(f"release layouts {list(layouts)} are those of the 2D reference study; a 3D run writes "
+                         "MONAI's 3D ResNet layout only (layouts: [])")
     state = backbone_state_dict(network_state, BACKBONE_PREFIXES[method])
     out_dir = Path(out_dir)
-    written = [save_encoder(state, out_dir / name, in_channels=channels) for name, channels in ENCODER_FILES.items()]
+    files = ENCODER_FILES if spatial_dims == 2 else ENCODER_FILES_3D
+    written = [save_encoder(state, out_dir / name, in_channels=channels) for name, channels in files.items()]
     return written + [save_encoder(state, out_dir / f"encoder_{layout}.pth", layout) for layout in layouts]
 
 

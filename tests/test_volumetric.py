@@ -18,7 +18,8 @@ def test_patches_are_windowed_resampled_and_seeded_per_sample(patches):
     sample = patches[(0, 7)]
     image = sample["image"]
     assert image.shape == (1, 32, 32, 32) and 0 <= float(image.min()) and float(image.max()) <= 1
-    assert np.allclose(np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0), 4.0)  # isotropic 4 mm voxels
+    volume = patches.dataset[0]["image"]  # the cached volume, before cropping
+    assert np.allclose(np.linalg.norm(np.asarray(volume.affine)[:3, :3], axis=0), 4.0)  # isotropic 4 mm voxels
     assert torch.equal(patches[(0, 7)]["image"], image)  # the same sample seed, the same patch
     assert not torch.equal(patches[(0, 8)]["image"], image)
     assert len(patches) == len(patches.data)  # one sample a volume (the sampler draws more)
@@ -29,7 +30,7 @@ def test_patches_are_windowed_resampled_and_seeded_per_sample(patches):
 def test_spark_3d_learns_from_a_batch_of_patches(patches):
     """A loader of seeded patches feeds 3D SparK (MONAI's ResNet18): the loss is finite and falls on the batch."""
     loader = torch.utils.data.DataLoader(patches, batch_size=2, sampler=ResumableSampler(patches, seed=0))
-    batch = next(iter(loader))["image"].as_tensor()  # (2, 1, 32, 32, 32)
+    batch = next(iter(loader))["image"]  # (2, 1, 32, 32, 32)
     torch.manual_seed(0)
     model = SparK("resnet18", image_size=32, mask_ratio=0.5, decoder_width=64, spatial_dims=3)
     mask = model.random_mask(2, "cpu")
@@ -43,3 +44,38 @@ def test_spark_3d_learns_from_a_batch_of_patches(patches):
         losses.append(out["loss"].item())
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
     assert out["reconstruction"].shape == batch.shape
+
+
+def test_spark_3d_overlay_runs_through_monai_bundle_and_exports_for_monai_resnet(demo_dir, tmp_path):
+    """``train.json`` + ``train_3d.json`` through ``python -m monai.bundle``: one step on 32-voxel patches at 6 mm,
+    an encoder that loads into MONAI's stock 3D ResNet18 with only ``fc`` missing, and middle-slice images in
+    TensorBoard."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import monai.networks.nets
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "spark_pretrain" / "configs"
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+         f"['{configs / 'train.json'}','{configs / 'train_3d.json'}']", "--dataset_dir", str(demo_dir),
+         "--backbone", "resnet18", "--patch_size", "[32,32,32]", "--spacing", "[6,6,6]", "--batch_size", "2",
+         "--samples_per_epoch", "2", "--network_def#decoder_width", "32", "--num_workers", "0",
+         "--image_log_interval", "1", "--ckpt_dir", str(tmp_path / "models"), "--log_dir", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "encoder.pt", weights_only=True)
+    loaded = monai.networks.nets.resnet18(spatial_dims=3, n_input_channels=1).load_state_dict(state, strict=False)
+    assert sorted(loaded.missing_keys) == ["fc.bias", "fc.weight"] and loaded.unexpected_keys == []
+    assert not (tmp_path / "models" / "encoder_1ch.pt").exists()  # the 3D stem is the 1-channel one already
+    events = b"".join(f.read_bytes() for f in (tmp_path / "logs").glob("events.out.tfevents.*"))
+    assert b"train/images_masked_input_reconstruction" in events
+
+
+def test_3d_runs_refuse_the_2d_release_layouts(tmp_path):
+    from medssl_monai.checkpoints import write_encoder_files
+
+    model = SparK("resnet18", image_size=32, decoder_width=32, spatial_dims=3)
+    with pytest.raises(ValueError, match="release layouts \\['spark'\\] are those of the 2D reference study"):
+        write_encoder_files(model.state_dict(), "spark", tmp_path, ("spark",), spatial_dims=3)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from monai.data import Dataset
-from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
+from monai.transforms import Compose, EnsureTyped, RandSpatialCropd, SpatialPadd
 
 from medssl_monai.data.datasets import cached_dataset, check_label_grid, read_datalist
 from medssl_monai.data.sampling import SeededDataset
@@ -129,4 +129,6 @@ def volume_patch_dataset(
     stored = cached_dataset(volumes, volume_preprocessing(window, 1, labels=False, spacing=spacing), cache,
                             cache_dir, num_workers)
     crop = [SpatialPadd("image", size), RandSpatialCropd("image", size, random_size=False)]
-    return SeededDataset(stored, Compose([*crop, *([transform] if transform is not None else [])]))
+    augment = [transform] if transform is not None else []
+    # plain tensors for the network: the volume's metadata stays with the cached volume
+    return SeededDataset(stored, Compose([*crop, *augment, EnsureTyped("image", track_meta=False)]))

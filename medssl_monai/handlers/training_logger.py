@@ -46,7 +46,8 @@ class TrainingLogger:
         summary_writer: the run's TensorBoard writer (see :func:`~medssl_monai.utils.summary_writer`).
         optimizer: its first group's lr is logged.
         image_interval: iterations between image grids (0: none). Grids show the output keys present among
-            ``images``, ``second_view``, ``masked_input`` and ``reconstruction`` (first 4 samples, first channel).
+            ``images``, ``second_view``, ``masked_input`` and ``reconstruction`` (first 4 samples, first channel;
+            the middle axial slice of 3D patches).
         progress: show progress within epochs: tqdm's bar when standard error is a terminal, else (a log file,
             nohup, a batch scheduler) a plain log line every ``line_percent`` of an epoch or ``line_seconds``,
             whichever comes first, with no carriage returns.
@@ -114,7 +115,9 @@ class TrainingLogger:
             if torch.is_tensor(value) and value.ndim == 0 and name != "loss":
                 self.writer.add_scalar(f"train/{name}", value.item(), step)
         if self.image_interval and (step % self.image_interval == 0 or step == 1):
-            rows = [out[k][:4, :1].float().cpu() for k in self.IMAGE_KEYS if k in out]  # each (n, 1, H, W)
+            # each (n, 1, H, W); of volume patches (n, 1, H, W, D) the middle slice
+            rows = [out[k][:4, :1].float().cpu() for k in self.IMAGE_KEYS if k in out]
+            rows = [r[..., r.shape[-1] // 2] if r.ndim == 5 else r for r in rows]
             grid = torch.cat(rows).clamp(0, 1)
             from torchvision.utils import make_grid
 
