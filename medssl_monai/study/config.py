@@ -38,9 +38,10 @@ PRESETS: dict[str, dict] = {
         "finetune": {"overrides": {"max_epochs": 2, "freeze_epochs": 1, "backbone": "resnet18", "image_size": 64,
                                    "batch_size": 16, "n_bootstrap": 100, "figures": False}},
     },
-    # the embedded demo: all methods, both tasks, the three protocols, the paper's five fractions and 3 seeds,
-    # ResNet18, in about an hour on 2 CPU cores (43 min 17 s measured from a fresh clone on 2026-12-02, 60 min 04 s
-    # the day before on a slower VM; docs/results/demo).
+    # the embedded demo: all methods, both classification tasks with the three protocols and organ segmentation,
+    # the paper's five fractions and 3 seeds (segmentation: 1), ResNet18, in under an hour on 2 CPU cores (56 min
+    # 26 s measured from a fresh clone on 2026-12-02 with the 2 cores shared part of the time, about 50 min alone;
+    # docs/results/demo).
     # What is given up for that:
     # - pre-training: one epoch over every 2nd slice of the pool (2,160 slices, 270 steps of 8 at 64 px, about
     #   3 min a method); SwAV with 2 local views of 32 px instead of 6 (its step costs about that of the others).
