@@ -181,16 +181,17 @@ def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout:
 
 
 def write_encoder_files(network_state: dict, method: str, out_dir: str | os.PathLike,
-                        layouts: tuple[str, ...] = (), spatial_dims: int = 2) -> list[Path]:
-    """The end of a pre-training run: :data:`ENCODER_FILES` (3D: :data:`ENCODER_FILES_3D`) and
-    ``encoder_<layout>.pth`` for each release layout (with the stem the run trained; 2D only, the releases are
-    2D) from the method's state_dict."""
-    if spatial_dims == 3 and layouts:
+                        layouts: tuple[str, ...] = ()) -> list[Path]:
+    """The end of a pre-training run: :data:`ENCODER_FILES` (a 3D encoder, told by its 5D stem:
+    :data:`ENCODER_FILES_3D`) and ``encoder_<layout>.pth`` for each release layout (with the stem the run
+    trained; 2D only, the releases are 2D) from the method's state_dict."""
+    state = backbone_state_dict(network_state, BACKBONE_PREFIXES[method])
+    volumetric = state["conv1.weight"].ndim == 5
+    if volumetric and layouts:
         raise ValueError(f"release layouts {list(layouts)} are those of the 2D reference study; a 3D run writes "
                          "MONAI's 3D ResNet layout only (layouts: [])")
-    state = backbone_state_dict(network_state, BACKBONE_PREFIXES[method])
     out_dir = Path(out_dir)
-    files = ENCODER_FILES if spatial_dims == 2 else ENCODER_FILES_3D
+    files = ENCODER_FILES_3D if volumetric else ENCODER_FILES
     written = [save_encoder(state, out_dir / name, in_channels=channels) for name, channels in files.items()]
     return written + [save_encoder(state, out_dir / f"encoder_{layout}.pth", layout) for layout in layouts]
 

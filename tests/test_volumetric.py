@@ -78,4 +78,4 @@ def test_3d_runs_refuse_the_2d_release_layouts(tmp_path):
 
     model = SparK("resnet18", image_size=32, decoder_width=32, spatial_dims=3)
     with pytest.raises(ValueError, match="release layouts \\['spark'\\] are those of the 2D reference study"):
-        write_encoder_files(model.state_dict(), "spark", tmp_path, ("spark",), spatial_dims=3)
+        write_encoder_files(model.state_dict(), "spark", tmp_path, ("spark",))

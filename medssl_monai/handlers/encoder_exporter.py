@@ -25,17 +25,14 @@ class EncoderExporter:
         out_dir: folder of the encoder files.
         method: which method it is (:mod:`~medssl_monai.checkpoints` knows where each keeps its backbone).
         layouts: release layouts written besides ``encoder.pt`` (2D only).
-        spatial_dims: 2 or 3, the encoder's.
     """
 
-    def __init__(self, network: nn.Module, out_dir: str | os.PathLike, method: str, layouts: tuple = (),
-                 spatial_dims: int = 2) -> None:
+    def __init__(self, network: nn.Module, out_dir: str | os.PathLike, method: str, layouts: tuple = ()) -> None:
         self.network, self.out_dir, self.method, self.layouts = network, Path(out_dir), method, tuple(layouts)
-        self.spatial_dims = spatial_dims
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         if is_main_process():
-            write_encoder_files(self.network.state_dict(), self.method, self.out_dir, self.layouts, self.spatial_dims)
+            write_encoder_files(self.network.state_dict(), self.method, self.out_dir, self.layouts)

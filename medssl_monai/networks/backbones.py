@@ -12,7 +12,7 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-__all__ = ["BACKBONES", "HEAD", "resnet", "resnet_3d", "in_backbone", "split_backbone_head"]
+__all__ = ["BACKBONES", "HEAD", "block_width", "resnet", "resnet_3d", "in_backbone", "split_backbone_head"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 HEAD = "fc."  # the classifier of a torchvision ResNet
@@ -35,6 +35,11 @@ def resnet(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
     return net
 
 
+def block_width(block: nn.Module) -> int:
+    """Output channels of a ResNet block, basic or bottleneck (torchvision's and MONAI's name them alike)."""
+    return block.conv3.out_channels if hasattr(block, "conv3") else block.conv2.out_channels
+
+
 def resnet_3d(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
     """A randomly initialised 3D ResNet, MONAI's stock one (``monai.networks.nets.resnet50(spatial_dims=3,
     n_input_channels=1)``: 7-cubed stride-1 stem, max pool, shortcut B) without ``fc``: (B, C, X, Y, Z) ->
@@ -44,8 +49,7 @@ def resnet_3d(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
     net = getattr(nets, backbone)(spatial_dims=3, n_input_channels=in_channels, feed_forward=False)
-    net.feature_dim = net.layer4[-1].conv3.out_channels if hasattr(net.layer4[-1], "conv3") else \
-        net.layer4[-1].conv2.out_channels
+    net.feature_dim = block_width(net.layer4[-1])
     return net
 
 

@@ -24,7 +24,7 @@ from monai.networks.nets import ResNet as MonaiResNet
 from torch import nn
 
 from medssl_monai.losses.masked_reconstruction import MaskedPatchLoss, normalise_patches
-from medssl_monai.networks.backbones import resnet, resnet_3d
+from medssl_monai.networks.backbones import block_width, resnet, resnet_3d
 
 __all__ = ["upsample_mask", "MaskContext", "SparseEncoder", "LightDecoder", "SparK"]
 
@@ -159,9 +159,8 @@ class SparseEncoder(nn.Module):
         self.downsample = net.conv1.stride[0] * (1 if getattr(net, "no_max_pool", False) else 2) * 8
         self.context = MaskContext()
         self.net = _sparsify(net, self.context, sync_bn)
-        widths = [m.conv3.out_channels if hasattr(m, "conv3") else m.conv2.out_channels
-                  for m in (net.layer4[-1], net.layer3[-1], net.layer2[-1], net.layer1[-1])]
-        self.widths = widths  # channels of the four stages' features, coarse first
+        # channels of the four stages' features, coarse first
+        self.widths = [block_width(m) for m in (net.layer4[-1], net.layer3[-1], net.layer2[-1], net.layer1[-1])]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """x (B, C, *S) already masked; mask (B, 1, *S / downsample) bool, True = visible."""
