@@ -12,7 +12,8 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-__all__ = ["BACKBONES", "HEAD", "block_width", "resnet", "resnet_3d", "in_backbone", "split_backbone_head"]
+__all__ = ["BACKBONES", "HEAD", "backbone_network", "block_width", "resnet", "resnet_3d", "in_backbone",
+           "split_backbone_head"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 HEAD = "fc."  # the classifier of a torchvision ResNet
@@ -51,6 +52,16 @@ def resnet_3d(backbone: str = "resnet50", in_channels: int = 1) -> nn.Module:
     net = getattr(nets, backbone)(spatial_dims=3, n_input_channels=in_channels, feed_forward=False)
     net.feature_dim = block_width(net.layer4[-1])
     return net
+
+
+def backbone_network(backbone: str = "resnet50", in_channels: int = 1, spatial_dims: int = 2) -> nn.Module:
+    """A method's backbone, (B, C, *S) -> (B, feature_dim): torchvision's ResNet for slices (``spatial_dims=2``),
+    MONAI's for volumes (3)."""
+    if spatial_dims == 2:
+        return resnet(backbone, in_channels)
+    if spatial_dims == 3:
+        return resnet_3d(backbone, in_channels)
+    raise ValueError(f"spatial_dims must be 2 (slices) or 3 (volumes), got {spatial_dims}")
 
 
 def in_backbone(network: nn.Module, name: str) -> bool:

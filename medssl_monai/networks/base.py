@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medssl_monai.networks.backbones import resnet
+from medssl_monai.networks.backbones import backbone_network
 from medssl_monai.networks.momentum import ema_update_
 
 __all__ = ["JointEmbeddingMethod"]
@@ -16,7 +16,8 @@ __all__ = ["JointEmbeddingMethod"]
 class JointEmbeddingMethod(nn.Module):
     """Base of the methods that compare embeddings of augmented views.
 
-    ``forward(views)`` takes a list of (B, C, H, W) tensors and returns a dict with a scalar ``loss``.
+    ``forward(views)`` takes a list of (B, C, *S) tensors, slices (H, W) or volumes (X, Y, Z) as
+    ``spatial_dims`` says, and returns a dict with a scalar ``loss``.
     ``step`` counts training forward passes; schedules inside a method (BYOL's EMA, SwAV's prototype
     freezing) read it, and since it is a buffer a resumed run continues them where they stopped.
 
@@ -27,9 +28,10 @@ class JointEmbeddingMethod(nn.Module):
 
     momentum_pairs: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, backbone: str = "resnet50", in_channels: int = 1) -> None:
+    def __init__(self, backbone: str = "resnet50", in_channels: int = 1, spatial_dims: int = 2) -> None:
         super().__init__()
-        self.backbone = resnet(backbone, in_channels)
+        self.backbone = backbone_network(backbone, in_channels, spatial_dims)
+        self.spatial_dims = spatial_dims
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

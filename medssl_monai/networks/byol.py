@@ -19,11 +19,12 @@ __all__ = ["BYOL"]
 
 
 class BYOL(JointEmbeddingMethod):
-    """BYOL on a torchvision ResNet.
+    """BYOL on torchvision's ResNet (slices) or MONAI's (volumes).
 
     Args:
         backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
         in_channels: 1 (CT as is) or 3.
+        spatial_dims: 2 (slices, torchvision's ResNet) or 3 (volumes, MONAI's ``ResNet``, one channel).
         hidden_dim, out_dim: projector and predictor widths (4096 and 256).
         tau: EMA coefficient at the first and the last iteration.
         total_iterations: length of the run, over which tau follows its cosine.
@@ -35,12 +36,13 @@ class BYOL(JointEmbeddingMethod):
         self,
         backbone: str = "resnet50",
         in_channels: int = 1,
+        spatial_dims: int = 2,
         hidden_dim: int = 4096,
         out_dim: int = 256,
         tau: tuple[float, float] = (0.996, 1.0),
         total_iterations: int = 300_000,
     ) -> None:
-        super().__init__(backbone, in_channels)
+        super().__init__(backbone, in_channels, spatial_dims)
         self.projector = mlp_head(self.backbone.feature_dim, hidden_dim, out_dim)
         self.predictor = mlp_head(out_dim, hidden_dim, out_dim)
         self.target_backbone = momentum_copy(self.backbone)
@@ -53,10 +55,10 @@ class BYOL(JointEmbeddingMethod):
         return cosine(step, self.total_iterations, self.tau[0], self.tau[1])
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """views: two (B, C, H, W) augmentations of the same images."""
+        """views: two (B, C, *S) augmentations of the same images."""
         tau = self.momentum_at(self.advance())  # the coefficient that made the current target
         b = len(views[0])
-        both = torch.cat(views[:2])  # (2B, C, H, W): one pass, batch norm over both views
+        both = torch.cat(views[:2])  # (2B, C, *S): one pass, batch norm over both views
         p0, p1 = self.predictor(self.projector(self.backbone(both))).split(b)
         with torch.no_grad():
             z0, z1 = self.target_projector(self.target_backbone(both)).split(b)

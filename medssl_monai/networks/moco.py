@@ -30,6 +30,7 @@ class MoCo(JointEmbeddingMethod):
     Args:
         backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
         in_channels: 1 (CT as is) or 3.
+        spatial_dims: 2 (slices, torchvision's ResNet) or 3 (volumes, MONAI's ``ResNet``, one channel).
         hidden_dim, out_dim: the MLP head (2048-2048-128 for ResNet50).
         queue_size: negatives kept (65,536 in the paper).
         temperature: softmax temperature (0.2 for MoCo v2; the reference study used 0.07).
@@ -45,6 +46,7 @@ class MoCo(JointEmbeddingMethod):
         self,
         backbone: str = "resnet50",
         in_channels: int = 1,
+        spatial_dims: int = 2,
         hidden_dim: int = 2048,
         out_dim: int = 128,
         queue_size: int = 65536,
@@ -53,7 +55,7 @@ class MoCo(JointEmbeddingMethod):
         dataset_size: int | None = None,
         shuffle_bn: bool = True,
     ) -> None:
-        super().__init__(backbone, in_channels)
+        super().__init__(backbone, in_channels, spatial_dims)
         if dataset_size is not None and queue_size > dataset_size:
             warnings.warn(f"MoCo queue of {queue_size} keys is larger than the dataset ({dataset_size} images); "
                           f"shrinking it to {dataset_size}", stacklevel=2)
@@ -84,7 +86,7 @@ class MoCo(JointEmbeddingMethod):
         """Normalised keys (B, D) from the momentum encoder; the batch is shuffled across ranks under DDP."""
         shuffle = self.shuffle_bn and self.training and world_size() > 1
         if shuffle:
-            everything = gather(x)  # (B * world, C, H, W)
+            everything = gather(x)  # (B * world, C, *S)
             order = torch.randperm(len(everything), device=x.device)
             dist.broadcast(order, src=0)
             rank, b = dist.get_rank(), len(x)
@@ -95,7 +97,7 @@ class MoCo(JointEmbeddingMethod):
         return k
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """views: [query view, key view], each (B, C, H, W)."""
+        """views: [query view, key view], each (B, C, *S)."""
         self.advance()
         q = F.normalize(self.head(self.backbone(views[0])), dim=1)  # (B, D)
         k = self.keys(views[1])  # (B, D)

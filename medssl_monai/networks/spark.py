@@ -24,7 +24,7 @@ from monai.networks.nets import ResNet as MonaiResNet
 from torch import nn
 
 from medssl_monai.losses.masked_reconstruction import MaskedPatchLoss, normalise_patches
-from medssl_monai.networks.backbones import block_width, resnet, resnet_3d
+from medssl_monai.networks.backbones import backbone_network, block_width
 
 __all__ = ["upsample_mask", "MaskContext", "SparseEncoder", "LightDecoder", "SparK"]
 
@@ -147,13 +147,9 @@ class SparseEncoder(nn.Module):
     def __init__(self, backbone: str = "resnet50", in_channels: int = 1, sync_bn: bool = False,
                  spatial_dims: int = 2) -> None:
         super().__init__()
+        net = backbone_network(backbone, in_channels, spatial_dims)
         if spatial_dims == 2:
-            net = resnet(backbone, in_channels)
             del net.fc, net.avgpool
-        elif spatial_dims == 3:
-            net = resnet_3d(backbone, in_channels)
-        else:
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         self.spatial_dims = spatial_dims
         # the stem's stride times the three strided stages'
         self.downsample = net.conv1.stride[0] * (1 if getattr(net, "no_max_pool", False) else 2) * 8

@@ -24,11 +24,12 @@ __all__ = ["SwAV"]
 
 
 class SwAV(JointEmbeddingMethod):
-    """SwAV with multi-crop on a torchvision ResNet.
+    """SwAV with multi-crop on torchvision's ResNet (slices) or MONAI's (volumes).
 
     Args:
         backbone: ``resnet18``, ``resnet34`` or ``resnet50``.
         in_channels: 1 (CT as is) or 3.
+        spatial_dims: 2 (slices, torchvision's ResNet) or 3 (volumes, MONAI's ``ResNet``, one channel).
         hidden_dim, out_dim: the MLP head (2048-2048-128).
         num_prototypes: clusters (500 in the reference study).
         temperature: of the swapped prediction.
@@ -43,6 +44,7 @@ class SwAV(JointEmbeddingMethod):
         self,
         backbone: str = "resnet50",
         in_channels: int = 1,
+        spatial_dims: int = 2,
         hidden_dim: int = 2048,
         out_dim: int = 128,
         num_prototypes: int = 500,
@@ -53,7 +55,7 @@ class SwAV(JointEmbeddingMethod):
         num_global_views: int = 2,
         queue_length: int = 0,
     ) -> None:
-        super().__init__(backbone, in_channels)
+        super().__init__(backbone, in_channels, spatial_dims)
         self.head = mlp_head(self.backbone.feature_dim, hidden_dim, out_dim)
         self.prototypes = nn.Linear(out_dim, num_prototypes, bias=False)
         self.criterion = SwAVLoss(temperature, sinkhorn_epsilon, sinkhorn_iterations)
@@ -64,7 +66,7 @@ class SwAV(JointEmbeddingMethod):
     def embed(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """L2-normalised features (B, D) per view; views of one size go through the network as one batch."""
         out = []
-        for _, group in itertools.groupby(views, key=lambda v: v.shape[-2:]):
+        for _, group in itertools.groupby(views, key=lambda v: v.shape[2:]):
             group = list(group)
             z = F.normalize(self.head(self.backbone(torch.cat(group))), dim=1)
             out.extend(z.split(len(group[0])))
@@ -79,7 +81,7 @@ class SwAV(JointEmbeddingMethod):
         self.queue_filled.copy_((self.queue_filled + new.shape[1]).clamp(max=length))
 
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """views: ``num_global_views`` global crops, then any number of local crops, each (B, C, H, W)."""
+        """views: ``num_global_views`` global crops, then any number of local crops, each (B, C, *S)."""
         step = self.advance()
         if self.training:
             with torch.no_grad():
