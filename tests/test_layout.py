@@ -90,14 +90,14 @@ def test_pretraining_configs_are_composed_from_the_shared_source():
     from medssl_monai.bundle import composed_pretrain_configs
 
     composed = composed_pretrain_configs()
-    assert len(composed) == 8
+    assert len(composed) == 12  # train, multi_gpu_train and the 3D overlay of four methods
     stale = [str(path.relative_to(ROOT)) for path, text in composed.items() if path.read_text() != text]
     assert not stale, f"{stale} differ from medssl_monai/bundle/templates/pretrain: run `medssl-monai compose-configs`"
-    common = json.loads((PACKAGE / "bundle" / "templates" / "pretrain" / "train.json").read_text())
+    templates = PACKAGE / "bundle" / "templates" / "pretrain"
     for path, text in composed.items():  # each composed file is self-contained: no marker, no shared reference
         assert "__method_ids__" not in text and "templates" not in text
-        if path.name == "train.json":
-            assert set(common) - {"__method_ids__"} <= set(json.loads(text))
+        common = json.loads((templates / path.name).read_text())
+        assert set(common) - {"__method_ids__"} <= set(json.loads(text)), path
 
 
 def test_compose_config_sets_nested_ids_and_places_new_ones_at_the_marker():

@@ -46,22 +46,34 @@ def test_spark_3d_learns_from_a_batch_of_patches(patches):
     assert out["reconstruction"].shape == batch.shape
 
 
-def test_spark_3d_overlay_runs_through_monai_bundle_and_exports_for_monai_resnet(demo_dir, tmp_path):
-    """``train.json`` + ``train_3d.json`` through ``python -m monai.bundle``: one step on 32-voxel patches at 6 mm,
-    an encoder that loads into MONAI's stock 3D ResNet18 with only ``fc`` missing, and middle-slice images in
-    TensorBoard."""
+# each method's own small settings: SparK's decoder, the joint-embedding heads, SwAV's local views
+TINY_3D = {
+    "spark": ["--network_def#decoder_width", "32"],
+    "moco": ["--network_def#hidden_dim", "32", "--network_def#out_dim", "16"],
+    "swav": ["--network_def#hidden_dim", "32", "--network_def#out_dim", "16", "--local_size", "[16,16,16]",
+             "--num_local_views", "2"],
+}
+IMAGE_TAGS_3D = {"spark": b"train/images_masked_input_reconstruction", "moco": b"train/images_second_view",
+                 "swav": b"train/images_second_view"}
+
+
+@pytest.mark.parametrize("method", sorted(TINY_3D))
+def test_3d_overlay_runs_through_monai_bundle_and_exports_for_monai_resnet(method, demo_dir, tmp_path):
+    """``train.json`` + ``train_3d.json`` of a method's bundle through ``python -m monai.bundle``: one step on
+    32-voxel patches at 6 mm, an encoder that loads into MONAI's stock 3D ResNet18 with only ``fc`` missing, and
+    middle-slice images in TensorBoard."""
     import subprocess
     import sys
     from pathlib import Path
 
     import monai.networks.nets
 
-    configs = Path(__file__).resolve().parents[1] / "bundles" / "spark_pretrain" / "configs"
+    configs = Path(__file__).resolve().parents[1] / "bundles" / f"{method}_pretrain" / "configs"
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file",
          f"['{configs / 'train.json'}','{configs / 'train_3d.json'}']", "--dataset_dir", str(demo_dir),
          "--backbone", "resnet18", "--patch_size", "[32,32,32]", "--spacing", "[6,6,6]", "--batch_size", "2",
-         "--samples_per_epoch", "2", "--network_def#decoder_width", "32", "--num_workers", "0",
+         "--samples_per_epoch", "2", "--num_workers", "0", *TINY_3D[method],
          "--image_log_interval", "1", "--ckpt_dir", str(tmp_path / "models"), "--log_dir", str(tmp_path / "logs")],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -69,8 +81,31 @@ def test_spark_3d_overlay_runs_through_monai_bundle_and_exports_for_monai_resnet
     loaded = monai.networks.nets.resnet18(spatial_dims=3, n_input_channels=1).load_state_dict(state, strict=False)
     assert sorted(loaded.missing_keys) == ["fc.bias", "fc.weight"] and loaded.unexpected_keys == []
     assert not (tmp_path / "models" / "encoder_1ch.pt").exists()  # the 3D stem is the 1-channel one already
+    assert not list((tmp_path / "models").glob("encoder_*.pth"))  # no 2D release layout
     events = b"".join(f.read_bytes() for f in (tmp_path / "logs").glob("events.out.tfevents.*"))
-    assert b"train/images_masked_input_reconstruction" in events
+    assert IMAGE_TAGS_3D[method] in events
+
+
+def test_3d_views_crop_rotate_in_plane_and_are_seeded():
+    """3D ``ct_augmentation``: views of the requested size from a patch, rotation about the Z axis only (a volume
+    constant along Z stays so), the same seed the same view."""
+    from medssl_monai.data import ct_augmentation
+
+    patch = torch.rand(1, 24, 24, 1).repeat(1, 1, 1, 12)  # (1, X, Y, Z), constant along Z
+    geometry = {"size": [16, 16, 8], "spatial_dims": 3, "scale": (1.0, 1.0), "flips": False, "intensity_prob": 0,
+                "blur_prob": 0, "noise_prob": 0}
+    rotated = ct_augmentation(rotation_prob=1.0, **geometry).set_random_state(0)({"image": patch})["image"]
+    resized = ct_augmentation(rotation_prob=0.0, **geometry)({"image": patch})["image"]
+    assert rotated.shape == resized.shape == (1, 16, 16, 8)
+    assert torch.allclose(rotated[..., 0], rotated[..., -1])  # turned in the axial plane only
+    assert not torch.allclose(rotated, resized, atol=1e-3)  # and turned
+    full = ct_augmentation(size=[16, 16, 8], spatial_dims=3)
+    a = full.set_random_state(3)({"image": patch.clone()})["image"]
+    b = full.set_random_state(3)({"image": patch.clone()})["image"]
+    c = full.set_random_state(4)({"image": patch.clone()})["image"]
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (1, 16, 16, 8)
+    with pytest.raises(ValueError, match="spatial_dims must be 2"):
+        ct_augmentation(spatial_dims=1)
 
 
 def test_3d_runs_refuse_the_2d_release_layouts(tmp_path):

@@ -13,7 +13,7 @@ __all__ = ["METHOD_IDS", "PRETRAIN_METHODS", "compose_config", "composed_pretrai
 
 TEMPLATES = Path(__file__).resolve().parent / "templates" / "pretrain"
 PRETRAIN_METHODS = ("spark", "moco", "byol", "swav")
-PRETRAIN_CONFIGS = ("train.json", "multi_gpu_train.json")
+PRETRAIN_CONFIGS = ("train.json", "multi_gpu_train.json", "train_3d.json")
 METHOD_IDS = "__method_ids__"  # where a method's own top-level ids go in the composed config
 
 

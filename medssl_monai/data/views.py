@@ -1,7 +1,7 @@
 """Augmented views for the joint-embedding methods: two views for MoCo and BYOL, multi-crop for SwAV.
 
 :func:`ct_augmentation` is the reference study's contrastive augmentation rebuilt from MONAI transforms for
-HU-windowed 1-channel slices in [0, 1]; :class:`MultiViewd` applies one or more such pipelines to a sample
+HU-windowed 1-channel slices in [0, 1], or volume patches; :class:`MultiViewd` applies one or more such pipelines to a sample
 and puts the views, as a list, under one key (the DataLoader collates it into a list of batches).
 """
 
@@ -20,9 +20,11 @@ from monai.transforms import (
     RandGaussianNoised,
     RandGaussianSmoothd,
     RandRotated,
+    RandScaleCropd,
     RandScaleIntensityd,
     RandScaleIntensityFixedMeand,
     RandTorchVisiond,
+    Resized,
 )
 from monai.utils import MAX_SEED, convert_to_tensor
 
@@ -30,7 +32,7 @@ __all__ = ["MultiViewd", "ct_augmentation"]
 
 
 def ct_augmentation(
-    size: int = 224,
+    size: int | Sequence[int] = 224,
     scale: Sequence[float] = (0.2, 1.0),
     rotation: float = 180.0,
     rotation_prob: float = 0.5,
@@ -43,27 +45,40 @@ def ct_augmentation(
     blur_prob: float = 0.5,
     noise_std: float = 0.05,
     noise_prob: float = 0.5,
+    spatial_dims: int = 2,
     key: str = "image",
 ) -> Compose:
-    """Random CT view of a (C, H, W) slice in [0, 1] (defaults: the reference study's MoCo/BYOL recipe).
+    """Random CT view of a (C, H, W) slice or, with ``spatial_dims=3``, a (C, X, Y, Z) volume patch in [0, 1]
+    (defaults: the reference study's MoCo/BYOL recipe).
 
-    In order: rotation up to +-``rotation`` degrees (air outside), random resized crop to ``size`` with area
-    ``scale``, horizontal and vertical flips, brightness (x(1 +- ``brightness``)), contrast around the mean
-    and gamma, each with ``intensity_prob``; Gaussian blur with sigma in ``blur_sigma`` pixels; Gaussian noise.
-    SwAV's recipe: ``rotation_prob=0, flips=False`` and its own crop scales.
+    In order: in-plane rotation up to +-``rotation`` degrees (air outside), random resized crop to ``size``
+    (an int for a square or cube) covering ``scale`` of the area (slices) or volume (patches: each side drawn
+    in ``scale ** (1/3)`` of the patch's, so the aspect may change as in 2D), flips along every axis, brightness
+    (x(1 +- ``brightness``)), contrast around the mean and gamma, each with ``intensity_prob``; Gaussian blur
+    with sigma in ``blur_sigma`` voxels along each axis; Gaussian noise. SwAV's recipe: ``rotation_prob=0,
+    flips=False`` and its own crop scales.
     """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 (slices) or 3 (volume patches), got {spatial_dims}")
     steps: list[Callable] = []
-    if rotation_prob > 0:
+    if rotation_prob > 0:  # a slice's plane; about a volume's last (Z) axis, in its axial plane
         angle = math.radians(rotation)
-        steps.append(RandRotated(key, range_x=angle, prob=rotation_prob, padding_mode="zeros"))
-    steps.append(RandTorchVisiond(key, "RandomResizedCrop", size=size, scale=tuple(scale), antialias=True))
+        plane = {"range_x": angle} if spatial_dims == 2 else {"range_z": angle}
+        steps.append(RandRotated(key, **plane, prob=rotation_prob, padding_mode="zeros"))
+    if spatial_dims == 2:
+        steps.append(RandTorchVisiond(key, "RandomResizedCrop", size=size, scale=tuple(scale), antialias=True))
+    else:
+        side = [s ** (1 / 3) for s in scale]
+        steps += [RandScaleCropd(key, roi_scale=side[0], max_roi_scale=side[1], random_size=True),
+                  Resized(key, spatial_size=size, mode="trilinear")]
     if flips:
-        steps += [RandFlipd(key, prob=0.5, spatial_axis=0), RandFlipd(key, prob=0.5, spatial_axis=1)]
+        steps += [RandFlipd(key, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    sigma = tuple(blur_sigma)
     steps += [
         RandScaleIntensityd(key, factors=brightness, prob=intensity_prob),
         RandScaleIntensityFixedMeand(key, factors=contrast, prob=intensity_prob),
         RandAdjustContrastd(key, gamma=tuple(gamma), prob=intensity_prob),
-        RandGaussianSmoothd(key, sigma_x=tuple(blur_sigma), sigma_y=tuple(blur_sigma), prob=blur_prob),
+        RandGaussianSmoothd(key, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=blur_prob),  # z: volumes only
         RandGaussianNoised(key, std=noise_std, prob=noise_prob),
     ]
     return Compose(steps)
@@ -105,5 +120,5 @@ class MultiViewd(Randomizable, MapTransform):
         out[self.output_key] = [
             convert_to_tensor(t({**data, key: data[key].clone()})[key], track_meta=False)
             for t, n in zip(self.transforms, self.counts) for _ in range(n)
-        ]  # each (C, size_i, size_i)
+        ]  # each (C, *size_i)
         return out

@@ -130,5 +130,7 @@ def volume_patch_dataset(
                             cache_dir, num_workers)
     crop = [SpatialPadd("image", size), RandSpatialCropd("image", size, random_size=False)]
     augment = [transform] if transform is not None else []
-    # plain tensors for the network: the volume's metadata stays with the cached volume
-    return SeededDataset(stored, Compose([*crop, *augment, EnsureTyped("image", track_meta=False)]))
+    # plain tensors for the network: the volume's metadata stays with the cached volume (a view-making transform,
+    # MultiViewd, has replaced the image by its views, plain tensors already)
+    return SeededDataset(stored, Compose([*crop, *augment, EnsureTyped("image", track_meta=False,
+                                                                        allow_missing_keys=True)]))
