@@ -60,17 +60,18 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "torchvision": ("",),
     "spark": ("", "model.", "module."),
     **{method: (prefix,) for method, prefix in RELEASE_PREFIXES.items()},
+    "medicalnet": ("",),  # MedicalNet's 3D ResNets ({"state_dict": {"module.conv1.weight", ...}}), MONAI's names
 }
 # the order in which ``auto`` tries the formats, by the wrapper the file has
 AUTO_ORDER = {
     "network": ("medssl",),
-    "state_dict": ("moco", "byol", "swav", "spark", "torchvision"),
+    "state_dict": ("moco", "byol", "swav", "medicalnet", "spark", "torchvision"),
     "module": ("spark", "torchvision"),
     "model": ("spark", "torchvision"),
     None: ("torchvision", "spark", "moco", "byol", "swav"),
 }
 # what follows the prefix but is not the backbone: classifier and projection heads, prototypes
-HEADS = ("fc.", "projection_head.", "prototypes.", "head.")
+HEADS = ("fc.", "projection_head.", "prototypes.", "head.", "conv_seg.")
 
 
 def load_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False, map_location: str = "cpu") -> dict:
@@ -251,7 +252,7 @@ def read_backbone(path: str | os.PathLike, target: nn.Module, fmt: str = "auto",
     """Find ``target``'s backbone tensors in the checkpoint at ``path``.
 
     Args:
-        target: a torchvision-named ResNet (torchvision's or MONAI's ``ResNet`` with a stride-2 stem).
+        target: a ResNet with torchvision's parameter names: torchvision's, or MONAI's 2D or 3D ``ResNet``.
         fmt: ``auto`` or one of :data:`FORMATS`.
     Raises:
         ValueError: naming the file, the formats tried and, for the closest one, the missing, unexpected and
@@ -262,8 +263,11 @@ def read_backbone(path: str | os.PathLike, target: nn.Module, fmt: str = "auto",
     ckpt = load_checkpoint(path, trust_checkpoint)
     state, declared, wrapper = _unwrap(ckpt, str(path))
     wanted = {k: v for k, v in target.state_dict().items() if not k.startswith("fc.")}
+    volumetric = target.conv1.weight.ndim == 5
     tried, best = [], None
     for name in AUTO_ORDER[wrapper] if fmt == "auto" else (fmt,):
+        if name == "medicalnet" and not volumetric and fmt == "auto":
+            continue  # MedicalNet's are 3D
         prefixes = (declared,) if declared is not None and name == "medssl" else FORMATS[name]
         for prefix in prefixes:
             candidate = _strip(state, prefix)
@@ -280,5 +284,8 @@ def read_backbone(path: str | os.PathLike, target: nn.Module, fmt: str = "auto",
         _, name, prefix, missing, unexpected, shapes = best
         detail = (f"closest: {name} (prefix {prefix!r}) with {len(missing)} missing keys {missing[:6]}, "
                   f"{len(unexpected)} unexpected keys {unexpected[:6]}, wrong shapes {shapes[:6]}")
+        if volumetric and missing and all(".downsample." in k for k in missing):
+            detail += ("; a 3D ResNet without shortcut weights is MedicalNet's: set pretrained_format medicalnet "
+                       "to build the network in its layout")
     raise ValueError(f"{path}: cannot initialise the backbone; tried {', '.join(tried)}; {detail}. Check the "
                      "backbone id (resnet18/34/50) and pretrained_format")

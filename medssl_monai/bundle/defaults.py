@@ -52,10 +52,11 @@ def _none_on_command_line(name: str) -> bool:
     return False
 
 
-def demo_encoder(method: str = "spark", backbone: str | None = None) -> str | None:
-    """``models/encoder.pt`` of this checkout's ``<method>_pretrain`` bundle: ``ct_classification``'s default
-    starting point, which must exist and (when ``backbone`` is given) be of that architecture. ``None`` (from
-    scratch) only when the command line asked for it with ``--pretrained_checkpoint None``, which MONAI drops.
+def demo_encoder(method: str = "spark", backbone: str | None = None, spatial_dims: int = 2) -> str | None:
+    """``models/encoder.pt`` (3D: ``models/3d/encoder.pt``) of this checkout's ``<method>_pretrain`` bundle:
+    the fine-tuning bundles' default starting point, which must exist and (when ``backbone`` is given) be of that
+    architecture. ``None`` (from scratch) only when the command line asked for it with ``--pretrained_checkpoint
+    None``, which MONAI drops.
 
     Raises:
         FileNotFoundError, ValueError: the encoder is missing or of another backbone; the message gives the
@@ -64,8 +65,12 @@ def demo_encoder(method: str = "spark", backbone: str | None = None) -> str | No
     if _none_on_command_line("pretrained_checkpoint"):
         logger.info("--pretrained_checkpoint None: from random initialisation")
         return None
-    path = roots.SOURCE_ROOT / "bundles" / f"{method}_pretrain" / "models" / "encoder.pt"
-    make = (f"make it with `python -m monai.bundle run --config_file bundles/{method}_pretrain/configs/train.json"
+    models = roots.SOURCE_ROOT / "bundles" / f"{method}_pretrain" / "models"
+    path = (models if spatial_dims == 2 else models / "3d") / "encoder.pt"
+    configs = f"bundles/{method}_pretrain/configs/train.json"
+    if spatial_dims != 2:
+        configs = f"\"['{configs}','{configs.replace('train.json', 'train_3d.json')}']\""
+    make = (f"make it with `python -m monai.bundle run --config_file {configs}"
             + (f" --backbone {backbone}`" if backbone else "`")
             + ", or pass --pretrained_checkpoint PATH (none: from scratch)")
     if not path.is_file():
@@ -73,7 +78,7 @@ def demo_encoder(method: str = "spark", backbone: str | None = None) -> str | No
     if backbone is not None:
         from medssl_monai.networks.pretrained import detect_backbone
 
-        trained, _, _ = detect_backbone(path)
+        trained, _, _ = detect_backbone(path, spatial_dims=spatial_dims)
         if trained != backbone:
             raise ValueError(f"the {method} demo encoder {path} is a {trained}, this run a {backbone}: {make}")
     logger.info(f"starting from the {method} demo encoder {path}")

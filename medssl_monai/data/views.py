@@ -19,6 +19,7 @@ from monai.transforms import (
     Randomizable,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandRotate90d,
     RandRotated,
     RandScaleCropd,
     RandScaleIntensityd,
@@ -36,6 +37,7 @@ def ct_augmentation(
     scale: Sequence[float] = (0.2, 1.0),
     rotation: float = 180.0,
     rotation_prob: float = 0.5,
+    rotate90_prob: float = 0.0,
     flips: bool = True,
     intensity_prob: float = 0.8,
     brightness: float = 0.4,
@@ -51,7 +53,8 @@ def ct_augmentation(
     """Random CT view of a (C, H, W) slice or, with ``spatial_dims=3``, a (C, X, Y, Z) volume patch in [0, 1]
     (defaults: the reference study's MoCo/BYOL recipe).
 
-    In order: in-plane rotation up to +-``rotation`` degrees (air outside), random resized crop to ``size``
+    In order: quarter turns in the axial plane (with ``rotate90_prob``: 90, 180 or 270 degrees), in-plane
+    rotation up to +-``rotation`` degrees (air outside), random resized crop to ``size``
     (an int for a square or cube) covering ``scale`` of the area (slices) or volume (patches: each side drawn
     in ``scale ** (1/3)`` of the patch's, so the aspect may change as in 2D), flips along every axis, brightness
     (x(1 +- ``brightness``)), contrast around the mean and gamma, each with ``intensity_prob``; Gaussian blur
@@ -61,6 +64,8 @@ def ct_augmentation(
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 (slices) or 3 (volume patches), got {spatial_dims}")
     steps: list[Callable] = []
+    if rotate90_prob > 0:  # spatial axes 0 and 1: a slice's plane, a volume's axial plane
+        steps.append(RandRotate90d(key, prob=rotate90_prob, max_k=3, spatial_axes=(0, 1)))
     if rotation_prob > 0:  # a slice's plane; about a volume's last (Z) axis, in its axial plane
         angle = math.radians(rotation)
         plane = {"range_x": angle} if spatial_dims == 2 else {"range_z": angle}

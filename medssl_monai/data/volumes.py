@@ -17,7 +17,7 @@ from pathlib import Path
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureTyped, RandSpatialCropd, SpatialPadd
 
-from medssl_monai.data.datasets import cached_dataset, check_label_grid, read_datalist
+from medssl_monai.data.datasets import cached_dataset, check_label_grid, patient_subset, read_datalist
 from medssl_monai.data.sampling import SeededDataset
 from medssl_monai.data.transforms import ct_intensity, ct_loading
 
@@ -108,13 +108,18 @@ def volume_patch_dataset(
     spacing: float | Sequence[float] | None = None,
     transform: Callable | None = None,
     datalist_key: str | None = "training",
+    labels: bool = False,
+    label_fraction: float = 1.0,
+    seed: int = 0,
     cache: str = "memory",
     cache_dir: str | os.PathLike | None = None,
     num_workers: int = 0,
 ) -> SeededDataset:
-    """One random ``patch_size`` patch a sample, ``{"image": (1, X, Y, Z) in [0, 1]}``, from each volume of
-    ``data`` (see :func:`volume_list`, or entries; a sampler that draws more samples than volumes draws more
-    patches of each).
+    """One random ``patch_size`` patch a sample, ``{"image": (1, X, Y, Z) in [0, 1]}`` (with ``labels``, also
+    ``"label": (1, X, Y, Z)``, cropped at the same place), from each volume of ``data`` (see :func:`volume_list`,
+    or entries; a sampler that draws more samples than volumes draws more patches of each). With ``labels``,
+    ``label_fraction`` of the patients are kept, drawn with ``seed`` as the 2D slices' subset is
+    (:func:`~medssl_monai.data.patient_subset`).
 
     The deterministic part (load, reorient, resample to ``spacing`` mm, window) is cached ``cache`` (see
     :func:`~medssl_monai.data.cached_dataset`; ``disk`` for archives larger than memory); the patch is padded
@@ -126,11 +131,16 @@ def volume_patch_dataset(
     size = [int(v) for v in patch_size]
     if len(size) != 3 or min(size) < 1:
         raise ValueError(f"patch_size must be three positive sizes (X, Y, Z voxels), got {patch_size!r}")
-    stored = cached_dataset(volumes, volume_preprocessing(window, 1, labels=False, spacing=spacing), cache,
+    keys = ["image", "label"] if labels else ["image"]
+    if labels:
+        volumes = patient_subset(volumes, label_fraction, seed)
+        for entry in volumes:
+            check_label_grid(entry)
+    stored = cached_dataset(volumes, volume_preprocessing(window, 1, labels=labels, spacing=spacing), cache,
                             cache_dir, num_workers)
-    crop = [SpatialPadd("image", size), RandSpatialCropd("image", size, random_size=False)]
+    crop = [SpatialPadd(keys, size), RandSpatialCropd(keys, size, random_size=False)]
     augment = [transform] if transform is not None else []
     # plain tensors for the network: the volume's metadata stays with the cached volume (a view-making transform,
     # MultiViewd, has replaced the image by its views, plain tensors already)
-    return SeededDataset(stored, Compose([*crop, *augment, EnsureTyped("image", track_meta=False,
+    return SeededDataset(stored, Compose([*crop, *augment, EnsureTyped(keys, track_meta=False,
                                                                         allow_missing_keys=True)]))

@@ -13,7 +13,13 @@ from medssl_monai.evaluation.probes import (
     linear_probe,
 )
 from medssl_monai.evaluation.report import ClassificationReport, write_classification_report
-from medssl_monai.evaluation.segmentation import SEGMENTATION_METRICS, SegmentationReport, segmentation_metrics, volume_scores
+from medssl_monai.evaluation.segmentation import (
+    SEGMENTATION_METRICS,
+    SegmentationReport,
+    segmentation_metrics,
+    volume_inferer,
+    volume_scores,
+)
 
 __all__ = [
     "C_GRID",
@@ -33,6 +39,7 @@ __all__ = [
     "plot_roc",
     "point_metrics",
     "segmentation_metrics",
+    "volume_inferer",
     "volume_scores",
     "write_classification_report",
 ]

@@ -1,7 +1,7 @@
 """Test-set evaluation of a segmentation network on whole volumes: Dice and 95 % Hausdorff distance per organ.
 
-Each test volume is predicted slice by slice (the inferer the bundle configures, MONAI's ``SliceInferer`` for
-the 2D U-Net) and scored in 3D against its label volume with MONAI's metrics: Dice (``compute_dice``) and the
+Each test volume is predicted whole (:func:`volume_inferer`: slice by slice for the 2D U-Net, by sliding 3D
+windows for the 3D one) and scored in 3D against its label volume with MONAI's metrics: Dice (``compute_dice``) and the
 95th percentile Hausdorff distance in millimetres (``compute_hausdorff_distance`` with the volume's spacing).
 A patient is the unit: the report gives, per organ, the mean over patients, and as ``mean`` the mean over
 patients of each patient's mean over its organs, each with a 95 % percentile interval from resampling whole
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 from torch import nn
@@ -29,11 +30,25 @@ from medssl_monai.checkpoints import load_checkpoint
 from medssl_monai.evaluation.plots import plot_organ_scores, save_overlay
 from medssl_monai.utils import as_bool, atomic_path, write_json
 
-__all__ = ["SegmentationReport", "volume_scores", "segmentation_metrics", "SEGMENTATION_METRICS"]
+__all__ = ["SegmentationReport", "volume_inferer", "volume_scores", "segmentation_metrics", "SEGMENTATION_METRICS"]
 
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_METRICS = ("dice", "hd95")
+
+
+def volume_inferer(roi_size: Sequence[int], sw_batch_size: int = 1, overlap: float = 0.25) -> Inferer:
+    """How a segmentation network predicts a whole (C, X, Y, Z) volume, by the network's input size: a 2D
+    ``roi_size`` (a 2D U-Net) slice by slice along Z with MONAI's ``SliceInferer``, a 3D one (a 3D U-Net) in
+    windows with ``SlidingWindowInferer``; either tiles a plane or volume larger than ``roi_size`` with
+    ``overlap`` and Gaussian blending, ``sw_batch_size`` tiles a forward pass."""
+    size = [int(v) for v in roi_size]
+    common = {"sw_batch_size": int(sw_batch_size), "overlap": overlap, "mode": "gaussian", "progress": False}
+    if len(size) == 2:
+        return SliceInferer(roi_size=size, spatial_dim=2, **common)
+    if len(size) == 3:
+        return SlidingWindowInferer(roi_size=size, **common)
+    raise ValueError(f"roi_size must be 2 (a 2D network's slices) or 3 sizes (a 3D network's windows), got {roi_size!r}")
 
 
 def volume_scores(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
@@ -102,7 +117,7 @@ class SegmentationReport:
         network: the segmentation network; its output (B, K, ...) are logits over ``label_names``.
         dataset: whole-volume samples ``{"image": (C, X, Y, Z), "label": (1, X, Y, Z)}`` (MetaTensors carrying
             the spacing), one a patient (:func:`~medssl_monai.data.volume_dataset`).
-        inferer: how a volume is predicted (``SliceInferer`` for a 2D network).
+        inferer: how a volume is predicted (:func:`volume_inferer`).
         output_dir: where ``metrics.json``, ``per_patient.csv``, ``dice_per_organ.png`` and ``overlay.png`` go.
         label_names: the K class names, background first.
         checkpoint: a plain state_dict (``models/model.pt``) loaded first; ``None`` uses the weights as they are.

@@ -13,7 +13,7 @@ import os
 from torch import nn
 
 from medssl_monai.checkpoints import BackboneWeights, adapt_stem, read_backbone
-from medssl_monai.networks.backbones import BACKBONES, resnet
+from medssl_monai.networks.backbones import BACKBONES, backbone_network
 from medssl_monai.networks.unet import encoder_of
 
 __all__ = ["load_pretrained", "detect_backbone"]
@@ -48,13 +48,14 @@ def load_pretrained(network: nn.Module, path: str | os.PathLike | None, fmt: str
     return weights
 
 
-def detect_backbone(path: str | os.PathLike, fmt: str = "auto",
-                    trust_checkpoint: bool = False) -> tuple[str, int, BackboneWeights]:
-    """(architecture, stem input channels, weights) of a checkpoint, trying each known ResNet."""
+def detect_backbone(path: str | os.PathLike, fmt: str = "auto", trust_checkpoint: bool = False,
+                    spatial_dims: int = 2) -> tuple[str, int, BackboneWeights]:
+    """(architecture, stem input channels, weights) of a checkpoint, trying each known ResNet (2D: torchvision's,
+    3D: MONAI's)."""
     errors = []
     for name in BACKBONES:
         try:
-            weights = read_backbone(path, resnet(name), fmt, trust_checkpoint)
+            weights = read_backbone(path, backbone_network(name, 1, spatial_dims), fmt, trust_checkpoint)
         except ValueError as err:
             errors.append(str(err))
             continue
