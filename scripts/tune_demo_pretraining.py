@@ -1,0 +1,91 @@
+"""Choose the demo preset's pre-training learning rates on the validation split, never on test.
+
+The bundles scale a method's ``base_lr`` to its batch linearly (lr = base_lr * batch / 256), the rule of the
+methods' papers for batches of 256-4096 and hundreds of epochs. The demo pre-trains in batches of 8 for a few
+hundred steps, where that rule leaves the encoder close to its initialisation. This script pre-trains each method
+with the demo preset's settings at ``base_lr`` times each multiplier and scores the encoder by k-NN accuracy (the
+study's k and temperature) of the validation images against all training images of each classification task
+of the preset, beside the random encoder. The multiplier with the best mean over the tasks is the one to put in
+the preset; the test split is not read.
+
+Usage: python scripts/tune_demo_pretraining.py --out demo_tuning [--multipliers 1 4 16] [--methods spark moco]
+Prints a Markdown table and writes ``tuning.json`` in ``--out``; finished pre-trainings are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import monai
+
+from medssl_monai.bundle import bundle_root, demo_root
+from medssl_monai.data.demo import ensure_demo_data
+from medssl_monai.evaluation import knn_predict
+from medssl_monai.study import Study, load_study_config
+from medssl_monai.study.runner import Run, _parser
+from medssl_monai.utils import write_json
+
+
+def bundle_default(bundle: str, key: str):
+    """The value of ``key`` in ``bundle``'s train.json."""
+    return json.loads((Path(bundle_root(bundle)) / "configs" / "train.json").read_text())[key]
+
+
+def validation_knn(study: Study, arm: str, task: str) -> float:
+    """k-NN accuracy of ``task``'s validation images against all its training images, on ``arm``'s frozen
+    encoder in ``study``."""
+    overrides = study.finetune_overrides(Run(arm, task, "knn", 1.0, 0))
+    parser = _parser("ct_classification", overrides)
+    monai.utils.set_determinism(seed=0)
+    parser.get_parsed_content("load_pretrained")
+    probe = parser.get_parsed_content("probe#evaluator")
+    feats = probe.features()
+    (train_x, train_y, _), (val_x, val_y, _) = feats["train"], feats["val"]
+    predicted = knn_predict(train_x, train_y, val_x, len(probe.class_names), probe.k, probe.temperature)
+    return float((predicted == val_y).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--multipliers", nargs="+", type=float, default=[1.0, 4.0, 16.0])
+    parser.add_argument("--methods", nargs="+", default=["spark", "moco", "byol", "swav"])
+    args = parser.parse_args()
+    ensure_demo_data(demo_root())
+    base = load_study_config(preset=args.preset)
+    tasks = [t for t, spec in base.tasks.items() if spec.get("kind", "classification") == "classification"]
+
+    results: dict = {"preset": args.preset, "tasks": tasks, "random": {}, "methods": {}}
+    random_study = Study(base, args.out / "random")
+    results["random"] = {task: validation_knn(random_study, "scratch", task) for task in tasks}
+    rows = [("random encoder", "", results["random"])]
+    for method in args.methods:
+        default_lr = base.pretrain.get(method, {}).get("base_lr", bundle_default(f"{method}_pretrain", "base_lr"))
+        results["methods"][method] = {}
+        for multiplier in args.multipliers:
+            config = load_study_config(preset=args.preset)
+            config.pretrain[method] = {**config.pretrain.get(method, {}), "base_lr": default_lr * multiplier}
+            study = Study(config, args.out / f"{method}_x{multiplier:g}")
+            study.pretrain(method)
+            scores = {task: validation_knn(study, method, task) for task in tasks}
+            seconds = json.loads((study.out / "pretrain" / method / "done.json").read_text())["seconds"]
+            results["methods"][method][f"{multiplier:g}"] = {"base_lr": default_lr * multiplier, "knn": scores,
+                                                             "seconds": seconds}
+            rows.append((method, f"x{multiplier:g} ({default_lr * multiplier:.3g})", scores))
+            write_json(args.out / "tuning.json", results)
+            print(f"{method} base_lr x{multiplier:g}: " + ", ".join(f"{t} {s:.3f}" for t, s in scores.items()),
+                  flush=True)
+
+    print(f"\nvalidation k-NN accuracy, all training labels ({args.preset} preset)\n")
+    print("| encoder | base_lr | " + " | ".join(tasks) + " | mean |")
+    print("|---|---|" + "---|" * (len(tasks) + 1))
+    for name, lr, scores in rows:
+        mean = sum(scores.values()) / len(scores)
+        print(f"| {name} | {lr} | " + " | ".join(f"{scores[t]:.3f}" for t in tasks) + f" | {mean:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
