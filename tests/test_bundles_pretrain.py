@@ -142,14 +142,14 @@ def test_a_run_with_other_settings_is_refused_and_the_same_one_is_finished(tiny_
 
 
 def test_restarts_after_kills_keep_n_saved_checkpoints(demo_dir, tmp_path):
-    """Killed (SIGKILL) at each new checkpoint and started again 4 times, then finished: the folder holds the
+    """Killed (SIGKILL) at each new checkpoint and started again twice, then finished: the folder holds the
     n_saved = 2 newest training checkpoints, not one more per restart, and every restart resumed."""
     ckpt = tmp_path / "run"
     args = ["-m", "monai.bundle", "run", "--config_file", str(_bundle("spark") / "configs" / "train.json"),
             "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir", str(ckpt / "logs"), "--backbone",
             "resnet18", "--image_size", "64", "--batch_size", "4", "--num_workers", "0", "--ckpt_interval", "1",
             "--max_epochs", "4", "--monitor_interval", "0", "--progress", "false"]  # 16 iterations
-    logs = [run_killed([sys.executable, *args], ckpt, cwd=tmp_path) for _ in range(5)]
+    logs = [run_killed([sys.executable, *args], ckpt, cwd=tmp_path) for _ in range(3)]
     assert all("resumed from" in log for log in logs[1:])
     # once more, killed in the middle of writing a checkpoint (ignite writes tmp*, then renames)
     writing = subprocess.Popen([sys.executable, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,

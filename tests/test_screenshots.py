@@ -82,8 +82,9 @@ def test_train_evaluate_and_infer_on_screenshots(channels, screenshots, tmp_path
     trained = _run("run", "--config_file", str(CONFIGS / "train.json"), *args)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 10
-    evaluated = _run("run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']", *args)
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    if channels == 1:  # evaluate.json reads the screenshots as training did; once is enough
+        evaluated = _run("run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']", *args)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     rgba = next(p for p in sorted((screenshots / "Images-processed").rglob("*_RGBA.png")))
     inferred = _run("run", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(tmp_path),
                     "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "inf"), "--input_image",
