@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 
 from medssl_monai.data.demo import make_demo_data
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "meta_schema_20240725.json"
+
+
+def verify_bundle_metadata(configs: Path) -> None:
+    """MONAI's model-zoo check of ``configs/metadata.json`` (what ``python -m monai.bundle verify_metadata``
+    runs, here in this process) against the schema copy beside the checkout, so nothing is downloaded; raises
+    on a violation."""
+    from monai.bundle import verify_metadata
+
+    assert SCHEMA.is_file(), f"the bundle schema copy is expected beside the checkout at {SCHEMA}"
+    verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(SCHEMA))
+
+
+def export_torchscript(configs: Path, ckpt_file: Path, out: Path, n: int = 1, **overrides):
+    """MONAI's model-zoo checks of ``network_def`` in ``configs/inference.json`` (``verify_net_in_out``: input
+    and output shapes as metadata.json says, spatial sizes ``n`` times the divisor; then ``ckpt_export`` of
+    ``ckpt_file`` to TorchScript at ``out``), in this process; returns the exported module."""
+    import torch
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    bundle = {"meta_file": str(configs / "metadata.json"), "config_file": str(configs / "inference.json")}
+    verify_net_in_out("network_def", n=n, **bundle, **overrides)
+    ckpt_export("network_def", filepath=str(out), ckpt_file=str(ckpt_file), **bundle, **overrides)
+    return torch.jit.load(str(out))
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +47,29 @@ def demo_dir(tmp_path_factory):
     )
 
 
-def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0) -> str:
-    """Start ``cmd`` and SIGKILL it as soon as a new ``checkpoint_*.pt`` appears in ``ckpt_dir`` (one that was
-    not there when it started), as a job killed by a scheduler would be; returns its output. Fails if the run
-    ended before it could be killed."""
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux: from /proc), children first."""
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while listed
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0, env: dict | None = None) -> str:
+    """Start ``cmd`` and SIGKILL it, with every process it started (data workers, ``torchrun``'s ranks), as soon
+    as a new ``checkpoint_*.pt`` appears in ``ckpt_dir`` (one that was not there when it started), as a job
+    killed by a scheduler would be; returns its output. Fails if the run ended before it could be killed."""
     import os
     import signal
     import subprocess
@@ -35,7 +80,7 @@ def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0) -> str:
     before = set(Path(ckpt_dir).glob("checkpoint_*.pt"))
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         deadline = time.monotonic() + timeout
         while not set(Path(ckpt_dir).glob("checkpoint_*.pt")) - before:
             if proc.poll() is not None:
@@ -45,7 +90,11 @@ def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0) -> str:
             assert time.monotonic() < deadline, "no checkpoint before the timeout"
             time.sleep(0.02)
         assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
+        for pid in [proc.pid, *_descendants(proc.pid)]:  # torchrun starts its ranks in sessions of their own
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
         log.seek(0)
         return log.read()

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_killed
+from conftest import export_torchscript, run_killed, verify_bundle_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "ct_classification"
 CONFIGS = BUNDLE / "configs"
-SCHEMA = ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
 SMALL = ["--backbone", "resnet18", "--image_size", "64"]
 
 
@@ -213,16 +212,9 @@ def test_model_zoo_checks(trained, tmp_path):
     out, _, _, _ = trained
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "NonCOVID", "1": "COVID"}
-    result = _run("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(SCHEMA))
-    assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr
-    result = _run("verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"), "--config_file",
-                  str(CONFIGS / "inference.json"), *SMALL)
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = _run("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
-                  str(out / "models" / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json"), "--config_file",
-                  str(CONFIGS / "inference.json"), *SMALL)
-    assert result.returncode == 0, result.stderr[-3000:]
-    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    verify_bundle_metadata(CONFIGS)
+    scripted = export_torchscript(CONFIGS, out / "models" / "model.pt", tmp_path / "model.ts", backbone="resnet18",
+                                  image_size=64)
     x = torch.rand(2, 1, 64, 64)
     from monai.networks.nets import ResNet
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import run_killed
+from conftest import run_killed, verify_bundle_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("spark", "moco", "byol", "swav")
@@ -19,7 +19,6 @@ METHODS = ("spark", "moco", "byol", "swav")
 OVERRIDES = {"swav": ["--local_size", "32", "--freeze_prototypes_iterations", "2"]}
 RELEASE = {"spark": ("module", ""), "moco": ("state_dict", "encoder_q."), "byol": ("state_dict", "online_network.encoder."),
            "swav": ("state_dict", "model.")}
-SCHEMA = ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
 
 
 def _run(*args, cwd):
@@ -187,10 +186,7 @@ def test_train_workflow_properties_and_metadata(method, demo_dir, tmp_path):
                               dataset_dir=str(demo_dir), ckpt_dir=str(tmp_path), log_dir=str(tmp_path / "logs"))
     workflow.initialize()
     assert not workflow.check_properties()
-    assert SCHEMA.is_file(), f"the bundle schema copy is expected beside the checkout at {SCHEMA}"
-    result = _run("verify_metadata", "--meta_file", str(bundle / "configs" / "metadata.json"), "--filepath", str(SCHEMA),
-                  cwd=ROOT)
-    assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr
+    verify_bundle_metadata(bundle / "configs")
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/multi_gpu_train.json"):
@@ -210,24 +206,54 @@ def test_export_encoder_command_from_a_checkpoint(tiny_run, tmp_path):
     assert main(["export-encoder", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "x.pt")]) == 2
 
 
-@pytest.mark.parametrize("method", ["spark", "moco"])
-def test_two_process_ddp_run_with_gloo(method, demo_dir, tmp_path):
-    ckpt, bundle = tmp_path / "ckpt", _bundle(method)
-    configs = f"['{bundle / 'configs' / 'train.json'}','{bundle / 'configs' / 'multi_gpu_train.json'}']"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
-           "--config_file", configs, "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir",
-           str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64", "--batch_size", "4", "--num_workers", "0",
-           "--max_epochs", "1", *(["--queue_size", "12"] if method == "moco" else []),
-           *(["--cache", "disk", "--cache_dir", str(tmp_path / "store")] if method == "spark" else [])]  # ranks share
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+def _ddp_command(method, demo_dir, ckpt, *extra):
+    """Two gloo ranks of ``method``'s multi_gpu_train.json through torchrun, with the suite's small settings."""
+    configs = f"['{_bundle(method) / 'configs' / 'train.json'}','{_bundle(method) / 'configs' / 'multi_gpu_train.json'}']"
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+            "--config_file", configs, "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir",
+            str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64", "--num_workers", "0", "--max_epochs",
+            "1", "--monitor_interval", "0", "--progress", "false", *extra]
+
+
+def _ddp(cmd, cwd):
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_two_process_moco_run_with_gloo_shares_its_queue(demo_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    _ddp(_ddp_command("moco", demo_dir, ckpt, "--batch_size", "4", "--queue_size", "12"), tmp_path)
     # 16 training slices split by the sampler: 8 per rank, 2 iterations of 4
     state = torch.load(ckpt / "checkpoint_2.pt", weights_only=True)
-    assert state["trainer"]["iteration"] == 2
-    assert len(list((tmp_path / "store").glob("*.npy"))) == (2 if method == "spark" else 0)
+    assert state["trainer"]["iteration"] == 2 and state["identity"]["world_size"] == 2
     assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped: loads without DDP
-    if method == "moco":  # keys of both ranks enqueued: 2 iterations x 2 ranks x 4 keys into a queue of 12
-        assert int(state["network"]["queue_ptr"]) == 16 % 12
+    # keys of both ranks enqueued: 2 iterations x 2 ranks x 4 keys into a queue of 12
+    assert int(state["network"]["queue_ptr"]) == 16 % 12
     _assert_only_fc_missing(torchvision.models.resnet18().load_state_dict(
         torch.load(ckpt / "encoder.pt", weights_only=True), strict=False))
+
+
+def test_two_process_spark_run_killed_mid_epoch_continues_on_the_same_batches(demo_dir, tmp_path):
+    """torchrun with 2 gloo ranks, SIGKILLed (all of its processes) at the checkpoint after iteration 2 of 4 and
+    started again: it resumes there and ends with the weights of a run that was never killed, which it can only
+    reach by training on the same batches with the same masks on each rank. Both runs read one disk store."""
+    store = tmp_path / "store"
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    settings = ("--batch_size", "2", "--ckpt_interval", "2", "--cache", "disk", "--cache_dir", str(store))
+    _ddp(_ddp_command("spark", demo_dir, straight, *settings), tmp_path)
+    run_killed(_ddp_command("spark", demo_dir, killed, *settings), killed, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert sorted(p.name for p in killed.glob("checkpoint_*.pt")) == ["checkpoint_2.pt"]  # killed mid-epoch
+    log = _ddp(_ddp_command("spark", demo_dir, killed, *settings), tmp_path)
+    assert "resumed from" in log and len(list(store.glob("*.npy"))) == 2
+    # 16 training slices split by the sampler: 8 per rank, 4 iterations of 2
+    expected = torch.load(straight / "checkpoint_4.pt", weights_only=True)
+    resumed = torch.load(killed / "checkpoint_4.pt", weights_only=True)
+    assert resumed["trainer"]["iteration"] == 4 and resumed["identity"]["world_size"] == 2
+    assert not any(k.startswith("module.") for k in resumed["network"])  # saved unwrapped: loads without DDP
+    assert resumed["network"].keys() == expected["network"].keys()
+    differ = [k for k, v in expected["network"].items() if not torch.equal(resumed["network"][k], v)]
+    assert not differ, differ[:5]
+    _assert_only_fc_missing(torchvision.models.resnet18().load_state_dict(
+        torch.load(killed / "encoder.pt", weights_only=True), strict=False))

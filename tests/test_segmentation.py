@@ -15,7 +15,7 @@ import torch
 import torchvision
 from monai.networks.nets import FlexibleUNet
 
-from conftest import run_killed
+from conftest import export_torchscript, run_killed, verify_bundle_metadata
 from medssl_monai.checkpoints import save_encoder
 from medssl_monai.data import AxialSliceDataset, volume_dataset
 from medssl_monai.data.synthetic import ORGAN_LABELS
@@ -26,7 +26,6 @@ from medssl_monai.networks.pretrained import load_pretrained
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "ct_segmentation"
 CONFIGS = BUNDLE / "configs"
-SCHEMA = ROOT.parent / "shared" / "reference" / "meta_schema_20240725.json"
 SMALL = ["--backbone", "resnet18", "--image_size", "64"]
 K = len(ORGAN_LABELS)
 
@@ -257,19 +256,13 @@ def test_model_zoo_checks(trained, tmp_path):
     out, _, _, _ = trained
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {str(i): n for i, n in enumerate(ORGAN_LABELS)}
-    result = _run("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(SCHEMA))
-    assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr
-    result = _run("verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"), "--config_file",
-                  str(CONFIGS / "inference.json"), *SMALL, "--n", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = _run("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
-                  str(out / "models" / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json"), "--config_file",
-                  str(CONFIGS / "inference.json"), *SMALL)
-    assert result.returncode == 0, result.stderr[-3000:]
+    verify_bundle_metadata(CONFIGS)
+    scripted = export_torchscript(CONFIGS, out / "models" / "model.pt", tmp_path / "model.ts", n=2,
+                                  backbone="resnet18", image_size=64)
     net = FlexibleUNet(1, K, unet_backbone("resnet18")).eval()
     net.load_state_dict(torch.load(out / "models" / "model.pt", weights_only=True))
     x = torch.rand(1, 1, 64, 64)
-    assert torch.allclose(torch.jit.load(str(tmp_path / "model.ts"))(x), net(x), atol=1e-5)
+    assert torch.allclose(scripted(x), net(x), atol=1e-5)
     for name in ("LICENSE", "docs/README.md", "configs/logging.conf", "configs/multi_gpu_train.json",
                  "configs/evaluate.json"):
         assert (BUNDLE / name).is_file()

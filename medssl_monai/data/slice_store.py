@@ -88,6 +88,12 @@ class SliceStore:
             self._store(volumes[i], loading, self.files[i])
         if world > 1:
             dist.barrier()
+            unseen = [str(f) for f in self.files if not f.is_file()]
+            if unseen:  # stored by another rank on a disk this one does not see (a node-local cache_dir)
+                raise FileNotFoundError(
+                    f"slice store {self.cache_dir}: rank {rank} does not see {len(unseen)} of {len(volumes)} files "
+                    f"the other ranks stored (first: {unseen[0]}); under multi-node torchrun cache_dir must be on "
+                    "a filesystem every node mounts")
         self.headers = [_read_header(f) for f in self.files]
         size = sum(f.stat().st_size for f in self.files)
         logger.info(f"slice store {self.cache_dir}: {len(volumes)} volumes, {self.num_slices} slices, "

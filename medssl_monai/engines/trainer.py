@@ -13,21 +13,29 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from monai.engines import Trainer
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from medssl_monai.handlers.finite_loss_check import check_finite_loss
 from medssl_monai.handlers.iteration_schedule import IterationSchedule
+from medssl_monai.utils.distributed import world_size
 
 __all__ = ["SelfSupervisedTrainer", "RNGState"]
 
 
 class RNGState:
-    """Python, NumPy and torch (CPU and CUDA) random states as a checkpointable object (tensors and lists only,
-    so ``torch.load(weights_only=True)`` reads it)."""
+    """Python, NumPy and torch (CPU and CUDA) random states of every rank as a checkpointable object (tensors
+    and lists only, so ``torch.load(weights_only=True)`` reads it).
 
-    def state_dict(self) -> dict:
+    Under torch.distributed each rank draws its own random numbers (SparK's masks, for one: the ranks are
+    seeded apart), so :meth:`state_dict` gathers all ranks' states (every rank calls it, rank 0 writes) and
+    :meth:`load_state_dict` gives each rank its own: a resumed run draws what the killed one would have.
+    """
+
+    @staticmethod
+    def _own() -> dict:
         np_state = np.random.get_state()
         return {
             "python": list(random.getstate()[1]),
@@ -37,12 +45,24 @@ class RNGState:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
+    def state_dict(self) -> dict:
+        if world_size() == 1:
+            return {"ranks": [self._own()]}
+        ranks: list = [None] * world_size()
+        dist.all_gather_object(ranks, self._own())
+        return {"ranks": ranks}
+
     def load_state_dict(self, state: dict) -> None:
-        random.setstate((3, tuple(state["python"]), None))
-        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        ranks = state["ranks"] if "ranks" in state else [state]  # checkpoints before per-rank states: one
+        rank = dist.get_rank() if world_size() > 1 else 0
+        if rank >= len(ranks):
+            raise ValueError(f"the checkpoint holds the random states of {len(ranks)} process(es), not of rank {rank}")
+        own = ranks[rank]
+        random.setstate((3, tuple(own["python"]), None))
+        np.random.set_state(("MT19937", own["numpy"].numpy().astype(np.uint32), own["numpy_pos"], 0, 0.0))
+        torch.set_rng_state(own["torch"])
+        if own["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(own["cuda"])
 
 
 class SelfSupervisedTrainer(Trainer):
