@@ -1,75 +1,135 @@
 """Pre-training step throughput of our methods next to a peer, same backbone, batch, image size and optimiser.
 
-The peer of SparK is a plain supervised step of the same backbone (what masking and decoding cost); the peer
-of MoCo v2, BYOL and SwAV is the same method assembled from lightly's modules and losses as lightly's examples
-do (``pip install -e ".[test]"`` brings lightly). Each measurement runs in its own process (so peak memory is
-its own), ours and the peer alternating; prints the median images/s of each (images = samples of the batch,
-whatever the number of views), the ratio ours/peer, and peak memory (CUDA peak allocation on a GPU, process
-max RSS on CPU). Inputs are random tensors of each method's view shapes, so only the step is timed.
-With ``--spatial_dims 3`` every input is a ``size``-cubed patch and every backbone MONAI's 3D ResNet (the
-methods' own and the peers' alike); ``--decoder_width`` sets SparK's decoder.
+The peer of MoCo v2, BYOL and SwAV is the same method assembled from lightly's modules and losses as lightly's
+examples do (``pip install -e ".[test]"`` brings lightly); SparK's is the official SparK (``--spark_repo``, a
+checkout of github.com/keyu-tian/SparK: its sparse encoder on timm's ResNet and its light decoder, 3 channels
+as it is written for), or without one a plain supervised step of the backbone. A supervised step is measured
+in every run, for each method's compute ideal (:func:`passes`). Each measurement runs in its own process (so
+peak memory is its own), the kinds alternating over the rounds; prints the median images/s of each with its
+range (images = samples of the batch, whatever the number of views), the ratios, and peak memory (CUDA peak
+allocation on a GPU, process max RSS on CPU). Inputs are random tensors of each method's view shapes, so only
+the step is timed. With ``--spatial_dims 3`` every input is a ``size``-cubed patch and every backbone MONAI's
+3D ResNet (the methods' own and the peers' alike); ``--decoder_width`` sets SparK's decoder.
+``--levers channels_last,foreach,compile`` also measures ours with each of the trainer's speed ids on
+(compile: steady-state steps after the first, which compiles).
 Usage: python benchmarks/bench_pretrain.py --method spark|moco|byol|swav [--backbone resnet50 --size 224
---batch 16 --steps 3 --rounds 2 --spatial_dims 2 --decoder_width 768]
+--batch 16 --steps 3 --rounds 2 --spatial_dims 2 --in_channels 1 --decoder_width 768 --levers foreach
+--spark_repo PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
 import os
 import platform
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision
 
 
 LOCAL_SIZE_RATIO = 96 / 224  # SwAV's local crops relative to the global ones
+LEVERS = ("channels_last", "foreach", "compile")  # the trainer's speed ids, each measured on top of "ours"
 
 
-def _views(method: str, batch: int, size: int, dims: int, device: torch.device) -> list[torch.Tensor]:
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What every kind of one comparison shares."""
+
+    method: str
+    backbone: str = "resnet50"
+    size: int = 224
+    batch: int = 16
+    steps: int = 3
+    spatial_dims: int = 2
+    in_channels: int = 1
+    decoder_width: int = 768
+    spark_repo: str | None = None
+
+
+def passes(method: str, dims: int) -> float:
+    """The backbone work of one step of ``method`` in supervised steps (one forward + backward of a batch at the
+    full size; a forward alone counts 1/3, as a backward costs about two forwards): its compute ideal is the
+    supervised rate divided by this. MoCo v2: the query's forward + backward and the key's forward (4/3);
+    BYOL: both views through the online network and both through the target (8/3); SwAV: 2 global and 6
+    local crops forward + backward, a local crop costing its share of the pixels; SparK: the encoder's one
+    pass (1), its decoder not counted, so SparK's ratio to the ideal is a lower bound."""
+    return {"spark": 1.0, "moco": 4 / 3, "byol": 8 / 3, "swav": 2 + 6 * LOCAL_SIZE_RATIO ** dims}[method]
+
+
+def _views(setting: Setting, device: torch.device) -> list[torch.Tensor]:
     """Random inputs of the method's shape: one batch (SparK), two views, or 2 global + 6 local crops (SwAV)."""
+    size = setting.size
     shapes = {"spark": [size], "moco": [size] * 2, "byol": [size] * 2,
-              "swav": [size] * 2 + [round(size * LOCAL_SIZE_RATIO)] * 6}[method]
-    return [torch.rand(batch, 1, *[s] * dims, device=device) for s in shapes]
+              "swav": [size] * 2 + [round(size * LOCAL_SIZE_RATIO)] * 6}[setting.method]
+    return [torch.rand(setting.batch, setting.in_channels, *[s] * setting.spatial_dims, device=device) for s in shapes]
 
 
-def _backbone(name: str, dims: int) -> torch.nn.Module:
-    """A 1-channel ResNet without classifier, built with its library alone: torchvision's (2D), MONAI's (3D)."""
-    if dims == 3:
+def _backbone(setting: Setting) -> torch.nn.Module:
+    """A ResNet without classifier, built with its library alone: torchvision's (2D), MONAI's (3D)."""
+    if setting.spatial_dims == 3:
         import monai.networks.nets
 
-        return getattr(monai.networks.nets, name)(spatial_dims=3, n_input_channels=1, feed_forward=False)
-    net = getattr(torchvision.models, name)()
-    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+        return getattr(monai.networks.nets, setting.backbone)(spatial_dims=3, n_input_channels=setting.in_channels,
+                                                              feed_forward=False)
+    net = getattr(torchvision.models, setting.backbone)()
+    net.conv1 = torch.nn.Conv2d(setting.in_channels, 64, 7, 2, 3, bias=False)
     net.fc = torch.nn.Identity()
     return net
 
 
-def _ours(method: str, backbone: str, size: int, dims: int, decoder_width: int):
+def _ours(setting: Setting):
     """(model, loss of a list of views) for medssl-monai's implementation."""
     from medssl_monai.networks import BYOL, MoCo, SparK, SwAV
 
-    if method == "spark":
-        model = SparK(backbone, in_channels=1, image_size=size, decoder_width=decoder_width, spatial_dims=dims)
+    backbone, dims, channels = setting.backbone, setting.spatial_dims, setting.in_channels
+    if setting.method == "spark":
+        model = SparK(backbone, in_channels=channels, image_size=setting.size, decoder_width=setting.decoder_width,
+                      spatial_dims=dims)
         return model, lambda views: model(views[0])["loss"]
-    model = {"moco": lambda: MoCo(backbone, spatial_dims=dims, queue_size=4096),
-             "byol": lambda: BYOL(backbone, spatial_dims=dims, total_iterations=100),
-             "swav": lambda: SwAV(backbone, spatial_dims=dims, freeze_prototypes_iterations=0)}[method]()
+    build = {"moco": lambda: MoCo(backbone, channels, spatial_dims=dims, queue_size=4096),
+             "byol": lambda: BYOL(backbone, channels, spatial_dims=dims, total_iterations=100),
+             "swav": lambda: SwAV(backbone, channels, spatial_dims=dims, freeze_prototypes_iterations=0)}
+    model = build[setting.method]()
     return model, lambda views: model(views)["loss"]
 
 
-def _supervised(backbone: str, dims: int):
-    """The plain supervised step SparK is compared with: the backbone and a linear layer, cross-entropy."""
-    net = torch.nn.Sequential(_backbone(backbone, dims), torch.nn.LazyLinear(2))
+def _supervised(setting: Setting):
+    """A plain supervised step: the backbone and a linear layer, cross-entropy, on the first view."""
+    net = torch.nn.Sequential(_backbone(setting), torch.nn.LazyLinear(2))
     return net, lambda views: torch.nn.functional.cross_entropy(net(views[0]), torch.zeros(
         len(views[0]), dtype=torch.long, device=views[0].device))
 
 
-def _lightly(method: str, backbone: str, dims: int):
+def _official_spark(setting: Setting):
+    """(model, loss) of the official SparK from a checkout of its repository, as its ``pretrain/main.py``
+    builds it (timm ResNet made sparse, LightDecoder, mask ratio 0.6, batch norm per process)."""
+    if setting.in_channels != 3 or setting.spatial_dims != 2:
+        raise ValueError("the official SparK is 2D and reconstructs 3 channels: use --in_channels 3")
+    import timm.layers.drop
+
+    # written for timm 0.5.4; timm 1.x moved this module (kept as an alias, its code is otherwise unchanged)
+    sys.modules.setdefault("timm.models.layers.drop", timm.layers.drop)
+    sys.path.insert(0, str(Path(setting.spark_repo) / "pretrain"))
+    from decoder import LightDecoder
+    from models import build_sparse_encoder
+    from spark import SparK
+
+    encoder = build_sparse_encoder(setting.backbone, input_size=setting.size, sbn=False)
+    model = SparK(encoder, LightDecoder(encoder.downsample_raito, width=setting.decoder_width, sbn=False),
+                  mask_ratio=0.6, densify_norm="bn", sbn=False)
+    return model, lambda views: model(views[0])
+
+
+def _lightly(setting: Setting):
     """(model, loss of a list of views) built from lightly's modules as its examples do."""
+    method, backbone = setting.method, setting.backbone
     import copy
 
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
@@ -78,7 +138,7 @@ def _lightly(method: str, backbone: str, dims: int):
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.utils.scheduler import cosine_schedule
 
-    net = _backbone(backbone, dims)
+    net = _backbone(setting)
     dim = 2048 if backbone == "resnet50" else 512
     model = torch.nn.Module()
     model.backbone = net
@@ -122,24 +182,33 @@ def _lightly(method: str, backbone: str, dims: int):
     return model, loss
 
 
-def _measure(method: str, kind: str, backbone: str, size: int, batch: int, steps: int, dims: int,
-             decoder_width: int, queue: mp.Queue) -> None:
+def _measure(setting: Setting, kind: str, queue: mp.Queue) -> None:
+    """Time ``kind``: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on), ``supervised``, ``lightly`` or
+    ``official``."""
+    from medssl_monai.optimizers import build_optimizer
+    from medssl_monai.utils import channels_last_format, place
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model, loss_fn = {"ours": lambda: _ours(method, backbone, size, dims, decoder_width),
-                      "supervised": lambda: _supervised(backbone, dims),
-                      "lightly": lambda: _lightly(method, backbone, dims)}[kind]()
-    model = model.to(device)
-    views = _views(method, batch, size, dims, device)
+    base, _, lever = kind.partition("+")
+    model, loss_fn = {"ours": _ours, "supervised": _supervised, "lightly": _lightly,
+                      "official": _official_spark}[base](setting)
+    views = _views(setting, device)
+    model = place(model, device)
     loss_fn(views)  # materialises lazy layers before the optimiser sees the parameters
-    from medssl_monai.optimizers import build_optimizer
-
-    opt = build_optimizer(model, "sgd", lr=1e-4, weight_decay=1e-6)
-    for i in range(steps + 1):
-        if i == 1:  # the first step warms up allocators and kernels
+    if lever == "channels_last":  # as the trainer does: weights before the optimiser exists, inputs every step
+        model = place(model, device, channels_last=True)
+        views = [v.contiguous(memory_format=channels_last_format(v.ndim)) for v in views]
+    if lever == "compile":
+        loss_fn = torch.compile(loss_fn)
+    opt = build_optimizer(model, "sgd", lr=1e-4, weight_decay=1e-6, foreach=True if lever == "foreach" else None)
+    first = time.perf_counter()
+    for i in range(setting.steps + 1):
+        if i == 1:  # the first step warms up allocators and kernels (and compiles)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
+            first = start - first
         opt.zero_grad()
         loss_fn(views).backward()
         opt.step()
@@ -150,41 +219,64 @@ def _measure(method: str, kind: str, backbone: str, size: int, batch: int, steps
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((steps * batch / (time.perf_counter() - start), peak))
+    queue.put((setting.steps * setting.batch / (time.perf_counter() - start), peak, first))
+
+
+def compare(setting: Setting, levers: list[str], rounds: int) -> dict[str, list[tuple[float, float, float]]]:
+    """(images/s, peak MiB, seconds of the first step) of every kind over ``rounds``, each kind in a fresh
+    process, the kinds alternating: ours, ours with each lever, the peer, and a supervised step."""
+    peer = ("official" if setting.spark_repo else "supervised") if setting.method == "spark" else "lightly"
+    kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer, "supervised"])]
+    results: dict[str, list[tuple[float, float, float]]] = {kind: [] for kind in kinds}
+    ctx = mp.get_context("spawn")
+    for _ in range(rounds):
+        for kind in results:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_measure, args=(setting, kind, queue))
+            proc.start()
+            proc.join()
+            if proc.exitcode:
+                raise RuntimeError(f"measuring {kind} failed (exit {proc.exitcode}); its error is printed above")
+            results[kind].append(queue.get())
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", choices=["spark", "moco", "byol", "swav"], default="spark")
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--spatial_dims", type=int, choices=[2, 3], default=2)
-    parser.add_argument("--decoder_width", type=int, default=768)
+    parser.add_argument("--levers", default="", help=f"comma-separated, of {', '.join(LEVERS)}: each also measured")
+    for field in dataclasses.fields(Setting):
+        if field.name != "method":
+            parser.add_argument(f"--{field.name}", type=str if field.name in ("backbone", "spark_repo") else int,
+                                default=field.default)
     args = parser.parse_args()
-    ctx = mp.get_context("spawn")
-    peer = "supervised" if args.method == "spark" else "lightly"
-    results: dict[str, list[tuple[float, float]]] = {"ours": [], peer: []}
-    for _ in range(args.rounds):
-        for kind in results:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_measure, args=(args.method, kind, args.backbone, args.size, args.batch,
-                                                      args.steps, args.spatial_dims, args.decoder_width, queue))
-            proc.start()
-            results[kind].append(queue.get())
-            proc.join()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU {platform.machine()}, {os.cpu_count()} cores"
+    levers = [lever for lever in args.levers.split(",") if lever]
+    if set(levers) - set(LEVERS):
+        parser.error(f"unknown lever(s) {sorted(set(levers) - set(LEVERS))}; expected {', '.join(LEVERS)}")
+    setting = Setting(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Setting)})
+    results = compare(setting, levers, args.rounds)
+    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
+              else f"CPU {platform.machine()}, {os.cpu_count()} cores")
     unit = "MiB CUDA peak" if torch.cuda.is_available() else "MiB max RSS"
-    shape = "x".join([str(args.size)] * args.spatial_dims)
-    print(f"device: {device}; torch {torch.__version__}; {args.method}, {args.backbone}, batch {args.batch}, "
-          f"{shape}, 1 channel" + (f", decoder width {args.decoder_width}" if args.method == "spark" else ""))
+    shape = "x".join([str(setting.size)] * setting.spatial_dims)
+    print(f"device: {device}; torch {torch.__version__}; {setting.method}, {setting.backbone}, batch {setting.batch}, "
+          f"{shape}, {setting.in_channels} channel(s)"
+          + (f", decoder width {setting.decoder_width}" if setting.method == "spark" else ""))
     rates = {}
     for kind, values in results.items():
         rates[kind] = statistics.median(v[0] for v in values)
-        print(f"{kind:>10}: {rates[kind]:8.2f} {'patches' if args.spatial_dims == 3 else 'images'}/s, peak {max(v[1] for v in values):8.0f} {unit}")
+        spread = f"{min(v[0] for v in values):.2f}-{max(v[0] for v in values):.2f}"
+        print(f"{kind:>20}: {rates[kind]:8.2f} {'patches' if setting.spatial_dims == 3 else 'images'}/s ({spread}), "
+              f"peak {max(v[1] for v in values):8.0f} {unit}, first step {max(v[2] for v in values):.1f} s")
+    peer = [k for k in results if not k.startswith("ours")][0]
     print(f"ratio ours/{peer}: {rates['ours'] / rates[peer]:.2f}")
+    count = passes(setting.method, setting.spatial_dims)
+    ideal = rates["supervised"] / count
+    print(f"compute ideal: supervised / {count:.2f} passes = {ideal:.2f}/s; "
+          f"ratio ours/ideal: {rates['ours'] / ideal:.2f}")
+    for lever in levers:
+        print(f"effect of {lever}: {rates[f'ours+{lever}'] / rates['ours']:.2f}x ours")
 
 
 if __name__ == "__main__":

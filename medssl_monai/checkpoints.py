@@ -159,6 +159,7 @@ def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout:
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    state = {k: v.detach().contiguous() for k, v in state.items()}  # the standard layout, whatever training used
     if in_channels is not None:
         state = {**state, "conv1.weight": adapt_stem(state["conv1.weight"], in_channels)[0]}
     if Path(out).suffix == ".safetensors":
@@ -167,7 +168,7 @@ def save_encoder(state: dict[str, torch.Tensor], out: str | os.PathLike, layout:
         from safetensors.torch import save_file
 
         with atomic_path(out) as tmp:
-            save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(tmp),
+            save_file({k: v.clone() for k, v in state.items()}, str(tmp),
                       metadata={"format": "pt"})
         return Path(out)
     if layout == "torchvision":

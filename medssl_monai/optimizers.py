@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from medssl_monai.networks.backbones import split_backbone_head
+from medssl_monai.utils.options import as_bool
 
 __all__ = ["param_groups", "build_optimizer", "finetune_optimizer"]
 
@@ -37,24 +38,28 @@ def build_optimizer(
     weight_decay: float = 0.04,
     betas: Iterable[float] = (0.9, 0.95),
     momentum: float = 0.9,
+    foreach: bool | None = None,
 ) -> torch.optim.Optimizer:
     """``lamb`` (timm's, its own clipping off: the engine clips), ``lars`` (timm's; the trust ratio only on the
-    decayed group, as SwAV excludes biases and norms), ``adamw``, ``adam`` or ``sgd``."""
+    decayed group, as SwAV excludes biases and norms), ``adamw``, ``adam`` or ``sgd``; ``foreach``: their
+    multi-tensor update (``None``: each library's default, which is on GPUs only)."""
     groups = param_groups(model, weight_decay)
+    foreach = None if foreach is None else as_bool(foreach, "foreach")
     if name == "lamb":
         from timm.optim import Lamb
 
-        return Lamb(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, max_grad_norm=None)
+        return Lamb(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, max_grad_norm=None,
+                    foreach=foreach)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, foreach=foreach)
     if name == "lars":
         from timm.optim import Lars
 
-        return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
     raise ValueError(f"unknown optimizer {name!r}; expected lamb, lars, adamw, adam or sgd")
 
 

@@ -15,8 +15,9 @@ from conftest import run_killed, verify_bundle_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("spark", "moco", "byol", "swav")
-# small settings: ResNet18, 64 px (SwAV's local crops 32 px), batch 4
-OVERRIDES = {"swav": ["--local_size", "32", "--freeze_prototypes_iterations", "2"]}
+# small settings: ResNet18, 64 px (SwAV's local crops 32 px), batch 4; BYOL with the speed ids on
+OVERRIDES = {"swav": ["--local_size", "32", "--freeze_prototypes_iterations", "2"],
+             "byol": ["--channels_last", "true", "--foreach", "true"]}
 RELEASE = {"spark": ("module", ""), "moco": ("state_dict", "encoder_q."), "byol": ("state_dict", "online_network.encoder."),
            "swav": ("state_dict", "model.")}
 
@@ -208,7 +209,8 @@ def test_export_encoder_command_from_a_checkpoint(tiny_run, tmp_path):
 
 def _ddp_command(method, demo_dir, ckpt, *extra):
     """Two gloo ranks of ``method``'s multi_gpu_train.json through torchrun, with the suite's small settings."""
-    configs = f"['{_bundle(method) / 'configs' / 'train.json'}','{_bundle(method) / 'configs' / 'multi_gpu_train.json'}']"
+    configs = _bundle(method) / "configs"
+    configs = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
             "--config_file", configs, "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir",
             str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64", "--num_workers", "0", "--max_epochs",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -86,23 +87,23 @@ def test_slice_store_serves_the_memory_caches_slices_and_is_reused(demo_dir, tmp
     assert second.files != first.files and float(second.read(0, 2).max()) == 40.0
 
 
-def _store_on_rank(rank: int, volumes: list, root: str, port: int, shared: bool) -> None:
-    """One of two gloo ranks building a slice store, in ``root`` (shared) or in a folder of its own."""
+def _store_on_rank(rank: int, volumes: list, root: str, port: int) -> None:
+    """One of two gloo ranks building a slice store in a folder of its own, as on a node-local disk."""
     import torch.distributed as dist
 
     from medssl_monai.data.slice_store import SliceStore
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        SliceStore(volumes, Path(root) / ("shared" if shared else f"node{rank}"), ct_loading(window=None, volume=True))
+        SliceStore(volumes, Path(root) / f"node{rank}", ct_loading(window=None, volume=True))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_ranks_share_the_slice_store_and_a_node_local_one_is_refused(shared, demo_dir, tmp_path):
-    """Under torch.distributed each rank stores its share; a rank that cannot see the others' files (each node
-    with its own cache_dir) fails naming the store and what to do, instead of a bare missing-file error."""
+def test_a_rank_that_cannot_see_the_others_slice_store_files_is_refused(demo_dir, tmp_path):
+    """Under torch.distributed each rank stores its share (the two-process bundle runs share one store); a rank
+    that cannot see the others' files (each node with its own cache_dir) fails naming the store and what to
+    do, instead of a bare missing-file error."""
     import socket
 
     import torch.multiprocessing as mp
@@ -112,16 +113,14 @@ def test_ranks_share_the_slice_store_and_a_node_local_one_is_refused(shared, dem
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    context = mp.start_processes(_store_on_rank, args=(volumes, str(tmp_path), port, shared), nprocs=2,
-                                 start_method="fork", join=False)
-    if shared:
-        while not context.join():
-            pass
-        assert len(list((tmp_path / "shared").glob("*.npy"))) == len(volumes) == 2
-    else:
-        with pytest.raises(mp.ProcessRaisedException, match="does not see 1 of 2 files the other ranks stored"):
-            while not context.join():
-                pass
+    # spawned, not forked: a fork of this process (its OpenMP threads) can hang in the child
+    context = mp.start_processes(_store_on_rank, args=(volumes, str(tmp_path), port), nprocs=2,
+                                 start_method="spawn", join=False)
+    deadline = time.monotonic() + 300
+    with pytest.raises(mp.ProcessRaisedException, match="does not see 1 of 2 files the other ranks stored"):
+        while not context.join(timeout=1):
+            assert time.monotonic() < deadline, "the two ranks did not finish in 5 minutes"
+    assert len(list(tmp_path.glob("node*/*.npy"))) == 2  # each stored its share where it could
 
 
 def test_slice_store_names_the_bad_volume(tmp_path):

@@ -13,6 +13,7 @@ from medssl_monai.engines import SelfSupervisedTrainer
 from medssl_monai.handlers import CheckpointWriter, IterationSchedule, ResumeFromCheckpoint
 from medssl_monai.optimizers import build_optimizer
 from medssl_monai.networks import BYOL, MoCo, SparK, SwAV
+from medssl_monai.utils import channels_last_format, place
 
 DATA = [{"image": torch.rand(1, 64, 64)} for _ in range(8)]
 
@@ -178,3 +179,43 @@ def test_amp_on_cpu_runs_in_bfloat16(tmp_path):
     assert seen and all(dtype == torch.bfloat16 for dtype in seen)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert not trainer.grad_scaler.is_enabled()  # bf16 needs no loss scaling
+
+
+def _moco_losses(**levers) -> tuple[list[float], MoCo]:
+    """Three steps of a tiny MoCo v2 (queue, momentum encoder, shuffled keys) with the trainer's speed ids."""
+    torch.manual_seed(0)
+    model = MoCo("resnet18", hidden_dim=32, out_dim=8, queue_size=12)
+    place(model, "cpu", channels_last=levers.get("channels_last", False))
+    opt = build_optimizer(model, "sgd", lr=0.01, foreach=levers.get("foreach"))
+    g = torch.Generator().manual_seed(1)
+    batches = [{"image": [torch.rand(4, 1, 32, 32, generator=g), torch.rand(4, 1, 32, 32, generator=g)]}
+               for _ in range(3)]
+    trainer = SelfSupervisedTrainer("cpu", 1, batches, model, opt, **levers)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+    trainer.run()
+    return losses, model
+
+
+@pytest.mark.parametrize("levers", [{"channels_last": True, "foreach": True}, {"compile": "aot_eager"}])
+def test_speed_levers_train_the_same_method(levers):
+    """channels_last (weights and inputs), foreach optimiser and clipping kernels, and torch.compile (here the
+    aot_eager backend: graph capture and AOTAutograd without inductor's C++ build) give the default step's
+    losses and leave the checkpointed module, its keys and its queue, as they are."""
+    expected, reference = _moco_losses()
+    losses, model = _moco_losses(**levers)
+    assert losses == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    assert torch.allclose(model.queue, reference.queue, atol=1e-4)
+    if levers.get("channels_last"):
+        weight = model.backbone.layer1[0].conv1.weight  # (64, 64, 3, 3): a layout that shows
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def test_place_puts_3d_weights_channels_last_3d():
+    from monai.networks.nets import resnet18
+
+    net = place(resnet18(spatial_dims=3, n_input_channels=1), "cpu", channels_last=True)
+    weights = [p for p in net.parameters() if p.ndim == 5]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
+    assert channels_last_format(5) == torch.channels_last_3d and channels_last_format(2) == torch.contiguous_format

@@ -21,6 +21,8 @@ from torch import nn
 from medssl_monai.handlers.finite_loss_check import check_finite_loss
 from medssl_monai.handlers.iteration_schedule import IterationSchedule
 from medssl_monai.utils.distributed import world_size
+from medssl_monai.utils.memory_format import channels_last_format
+from medssl_monai.utils.options import BOOL_WORDS, as_bool
 
 __all__ = ["SelfSupervisedTrainer", "RNGState"]
 
@@ -80,6 +82,11 @@ class SelfSupervisedTrainer(Trainer):
         amp_dtype: ``float16`` or ``bfloat16`` on GPU.
         image_key: batch key of the images: a (B, C, H, W) batch, or a list of such batches (views), which
             the method receives as a list.
+        channels_last: feed the inputs channels-last (``channels_last_3d`` for volumes); the network's weights
+            are put in that layout by :func:`~medssl_monai.utils.place` before DDP wraps it.
+        compile: run the method's forward (and so its backward) through ``torch.compile``: ``True`` for
+            inductor, or the name of a backend. The checkpointed network is the uncompiled module itself.
+        foreach: the multi-tensor kernels for gradient clipping (``None``: torch's choice, on GPUs only).
         inferer: unused in training; present for MONAI's train-workflow properties.
         train_handlers: MONAI/ignite handlers to attach.
     """
@@ -99,12 +106,21 @@ class SelfSupervisedTrainer(Trainer):
         inferer: Inferer | None = None,
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
+        foreach: bool | None = None,
     ) -> None:
         # no decollation: the output is one dict per batch, read by the logging and checkpoint handlers
+        amp = as_bool(amp, "amp")
         super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
                          epoch_length=epoch_length, handlers=None, amp=amp, decollate=False)
         self.network, self.optimizer = network, optimizer
         self.grad_clip, self.image_key = grad_clip, image_key
+        self.channels_last = as_bool(channels_last, "channels_last")
+        self.foreach = None if foreach is None else as_bool(foreach, "foreach")
+        named = isinstance(compile, str) and compile.lower() not in BOOL_WORDS  # a backend's name
+        backend = compile if named else ("inductor" if as_bool(compile, "compile") else None)
+        self.run_network = torch.compile(network, backend=backend) if backend else network  # same parameters
         self.inferer = inferer or SimpleInferer()
         device_type = torch.device(device).type
         self.autocast_dtype = torch.bfloat16 if device_type == "cpu" else getattr(torch, amp_dtype)
@@ -124,18 +140,19 @@ class SelfSupervisedTrainer(Trainer):
 
     def _iteration(self, engine: SelfSupervisedTrainer, batchdata: dict) -> dict:
         inputs = batchdata[self.image_key]  # (B, C, H, W), or a list of views for the joint-embedding methods
-        views = [v.to(engine.state.device, non_blocking=engine.non_blocking)
+        views = [v.to(engine.state.device, non_blocking=engine.non_blocking,
+                      memory_format=channels_last_format(v.ndim) if self.channels_last else torch.preserve_format)
                  for v in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device_type, dtype=self.autocast_dtype, enabled=self.amp):
-            out = self.network(views if isinstance(inputs, (list, tuple)) else views[0])
+            out = self.run_network(views if isinstance(inputs, (list, tuple)) else views[0])
         loss = out["loss"]
         check_finite_loss(loss, engine.state.epoch, engine.state.iteration)
         self.grad_scaler.scale(loss).backward()
         if self.grad_clip:
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip, foreach=self.foreach)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         method = getattr(self.network, "module", self.network)  # DDP's wrapper

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["as_bool"]
+__all__ = ["BOOL_WORDS", "as_bool"]
+
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no", "none")
+BOOL_WORDS = TRUE_WORDS + FALSE_WORDS  # what the command line may say for a boolean
 
 
 def as_bool(value: Any, name: str) -> bool:
@@ -13,8 +16,8 @@ def as_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
+    if text in TRUE_WORDS:
         return True
-    if text in ("false", "0", "no", "none"):
+    if text in FALSE_WORDS:
         return False
     raise ValueError(f"{name} must be true or false, got {value!r}")
