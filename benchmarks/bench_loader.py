@@ -1,11 +1,11 @@
 """A pre-training bundle end to end against its bare step: is the data pipeline keeping the step fed?
 
 The bundle's own config (``bundles/<method>_pretrain/configs/train.json``, demo data, k-NN monitor off) is
-built once per process through MONAI's ConfigWorkflow. End to end: its trainer runs ``--steps`` iterations
-fed by its DataLoader (``num_workers`` processes reading slices, windowing, cropping, making the views), with
-its handlers, stopped after ``--warmup`` + ``--steps`` iterations; images/s from those after the warm-up. Bare: the same trainer's step on one
-batch held in memory, no loader and no handlers. Each measurement in its own process, alternating, median of
-``--rounds``. Prints both rates and their ratio (the project's target: at least 0.9).
+built once per process through MONAI's ConfigWorkflow. End to end: its trainer fed by its DataLoader
+(``num_workers`` processes reading slices, windowing, cropping, making the views), with its handlers, stopped
+after ``--warmup`` + ``--steps`` iterations; images/s from those after the warm-up. Bare: the same trainer's
+step on one batch held in memory, no loader and no handlers. Each measurement in its own process, alternating,
+median of ``--rounds``. Prints both rates and their ratio (the project's target: at least 0.9).
 Usage: python benchmarks/bench_loader.py --method spark [--backbone resnet50 --image_size 96 --batch_size 8
 --num_workers 2 --steps 24 --rounds 2 --dataset_dir data/demo]
 """

@@ -181,7 +181,7 @@ def test_amp_on_cpu_runs_in_bfloat16(tmp_path):
     assert not trainer.grad_scaler.is_enabled()  # bf16 needs no loss scaling
 
 
-def _moco_losses(**levers) -> tuple[list[float], MoCo]:
+def _moco_losses(**levers) -> tuple[list[float], MoCo, SelfSupervisedTrainer]:
     """Three steps of a tiny MoCo v2 (queue, momentum encoder, shuffled keys) with the trainer's speed ids."""
     torch.manual_seed(0)
     model = MoCo("resnet18", hidden_dim=32, out_dim=8, queue_size=12)
@@ -194,7 +194,7 @@ def _moco_losses(**levers) -> tuple[list[float], MoCo]:
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
     trainer.run()
-    return losses, model
+    return losses, model, trainer
 
 
 @pytest.mark.parametrize("levers", [{"channels_last": True, "foreach": True}, {"compile": "aot_eager"}])
@@ -202,8 +202,11 @@ def test_speed_levers_train_the_same_method(levers):
     """channels_last (weights and inputs), foreach optimiser and clipping kernels, and torch.compile (here the
     aot_eager backend: graph capture and AOTAutograd without inductor's C++ build) give the default step's
     losses and leave the checkpointed module, its keys and its queue, as they are."""
-    expected, reference = _moco_losses()
-    losses, model = _moco_losses(**levers)
+    expected, reference, _ = _moco_losses()
+    losses, model, trainer = _moco_losses(**levers)
+    # the lever is in use: the step calls the compiled module, or clips with the multi-tensor kernels
+    assert (trainer.run_network is not model) == ("compile" in levers)
+    assert trainer.foreach is levers.get("foreach")
     assert losses == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert model.state_dict().keys() == reference.state_dict().keys()
     assert torch.allclose(model.queue, reference.queue, atol=1e-4)
