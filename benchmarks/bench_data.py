@@ -8,8 +8,6 @@ bottleneck), and prepare-dicom slices/s. Usage: python benchmarks/bench_data.py 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from common import device_name
 from monai.transforms import Compose, RandFlipd, RandSpatialCropd, Resized
 
 from medssl_monai.data import AxialSliceDataset
@@ -57,6 +56,29 @@ def step_rate(size: int, batch: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
+def measure(size: int = 224, batch: int = 16, workers: int = 2, batches: int = 20, steps: int = 3) -> dict[str, float]:
+    """slices/s of ``prepare-dicom`` and of the cached slice pipeline, images/s of a ResNet50 step, on a small demo
+    collection made in a temporary folder."""
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        demo = make_demo_data(tmp / "demo", seed=0, covid_images=4, organ_patches=22)
+        n_slices = sum(1 for _ in (demo / "dicom").rglob("*.dcm")) - 1  # less the radiograph
+        start = time.perf_counter()
+        prepare_dicom(demo / "dicom", tmp / "prepared", progress=False)
+        prepare = n_slices / (time.perf_counter() - start)
+        data = data_rate(demo / "datalist.json", size, batch, workers, batches)
+        return {"prepare": prepare, "prepared_slices": n_slices, "pipeline": data, "step": step_rate(size, batch, steps)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _measure(kind: str, queue) -> None:
+    """:func:`measure` with its defaults in a process of its own (:func:`common.alternate`): the ResNet50 step's
+    memory then stays out of the process that starts the other measurements, whose peak RSS its children
+    would inherit."""
+    queue.put(measure())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=224)
@@ -65,22 +87,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    try:
-        demo = make_demo_data(tmp / "demo", seed=0, covid_images=4, organ_patches=22)
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-        n_slices = sum(1 for _ in (demo / "dicom").rglob("*.dcm")) - 1
-        start = time.perf_counter()
-        prepare_dicom(demo / "dicom", tmp / "prepared", progress=False)
-        prep = n_slices / (time.perf_counter() - start)
-        data = data_rate(demo / "datalist.json", args.size, args.batch, args.workers, args.batches)
-        step = step_rate(args.size, args.batch, args.steps)
-        print(f"cached 2D slice pipeline + augmentation ({args.workers} workers): {data:8.1f} slices/s")
-        print(f"ResNet50 training step (batch {args.batch}, {args.size}x{args.size}, 3 ch): {step:8.1f} images/s")
-        print(f"ratio data/step: {data / step:.1f}x (> 1: the data path is not the bottleneck)")
-        print(f"prepare-dicom: {prep:8.1f} slices/s ({n_slices} slices of 256x256)")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"device: {device_name()}; torch {torch.__version__}")
+    r = measure(args.size, args.batch, args.workers, args.batches, args.steps)
+    print(f"cached 2D slice pipeline + augmentation ({args.workers} workers): {r['pipeline']:8.1f} slices/s")
+    print(f"ResNet50 training step (batch {args.batch}, {args.size}x{args.size}, 3 ch): {r['step']:8.1f} images/s")
+    print(f"ratio data/step: {r['pipeline'] / r['step']:.1f}x (> 1: the data path is not the bottleneck)")
+    print(f"prepare-dicom: {r['prepare']:8.1f} slices/s ({r['prepared_slices']} slices of 256x256)")
 
 
 if __name__ == "__main__":

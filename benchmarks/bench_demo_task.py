@@ -25,12 +25,14 @@ from medssl_monai.data import class_folder_datalist, stratified_subset
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(dataset_dir: str, fraction: float, seed: int, args: argparse.Namespace) -> tuple[dict, float]:
-    folder = Path(args.out) / f"fraction_{fraction:g}" / f"seed_{seed}"
+def run(dataset_dir: str, fraction: float, seed: int, image_size: int, max_epochs: int, out: str
+        ) -> tuple[dict, int, float]:
+    """(test metrics, training images, seconds) of one ResNet18 trained from scratch on ``fraction`` of the labels."""
+    folder = Path(out) / f"fraction_{fraction:g}" / f"seed_{seed}"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
            str(ROOT / "bundles" / "ct_classification" / "configs" / "train.json"), "--dataset_dir", dataset_dir,
-           "--pretrained_checkpoint", "none", "--backbone", "resnet18", "--image_size", str(args.image_size),
-           "--max_epochs", str(args.max_epochs), "--freeze_epochs", "0", "--batch_size", "32",
+           "--pretrained_checkpoint", "none", "--backbone", "resnet18", "--image_size", str(image_size),
+           "--max_epochs", str(max_epochs), "--freeze_epochs", "0", "--batch_size", "32",
            "--num_workers", "2", "--label_fraction", str(fraction), "--seed", str(seed), "--resume", "false",
            "--ckpt_dir", str(folder / "models"), "--log_dir", str(folder / "logs"), "--output_dir",
            str(folder / "eval")]
@@ -38,7 +40,9 @@ def run(dataset_dir: str, fraction: float, seed: int, args: argparse.Namespace) 
     start = time.perf_counter()
     with open(folder / "run.log", "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return json.loads((folder / "eval" / "metrics.json").read_text()), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    n_train = len(stratified_subset(class_folder_datalist(dataset_dir, "train"), fraction, seed))
+    return json.loads((folder / "eval" / "metrics.json").read_text()), n_train, seconds
 
 
 def main() -> None:
@@ -61,9 +65,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for fraction in args.fractions:
         for seed in args.seeds:
-            metrics, seconds = run(args.dataset_dir, fraction, seed, args)
+            metrics, n_train, seconds = run(args.dataset_dir, fraction, seed, args.image_size, args.max_epochs, args.out)
             auc = metrics["auc"]
-            n_train = len(stratified_subset(class_folder_datalist(args.dataset_dir, "train"), fraction, seed))
             print(f"| {fraction:g} | {seed} | {n_train} | {auc['value']:.3f} "
                   f"[{auc['ci_low']:.3f}, {auc['ci_high']:.3f}] | {metrics['accuracy']['value']:.3f} | "
                   f"{seconds:.0f} s |", flush=True)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import alternate, device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +35,7 @@ def _workflow(method: str, overrides: dict, ckpt_dir: str):
     return workflow
 
 
-def _measure(method: str, kind: str, overrides: dict, steps: int, warmup: int, queue: mp.Queue) -> None:
+def _measure(kind: str, method: str, overrides: dict, steps: int, warmup: int, queue: mp.Queue) -> None:
     from ignite.engine import Events
 
     torch.manual_seed(0)
@@ -60,6 +59,11 @@ def _measure(method: str, kind: str, overrides: dict, steps: int, warmup: int, q
         queue.put((len(timed) - 1) * batch / (timed[-1] - timed[0]))
 
 
+def compare(method: str, overrides: dict, steps: int, warmup: int, rounds: int) -> dict[str, list[float]]:
+    """images/s of the bundle ``end to end`` and of its ``bare`` step over ``rounds``, alternating."""
+    return alternate(_measure, ["end to end", "bare"], rounds, method, overrides, steps, warmup)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", choices=["spark", "moco", "byol", "swav"], default="spark")
@@ -76,20 +80,8 @@ def main() -> None:
                  "num_workers": args.num_workers}
     if args.dataset_dir:
         overrides["dataset_dir"] = args.dataset_dir
-    ctx = mp.get_context("spawn")
-    rates: dict[str, list[float]] = {"end to end": [], "bare": []}
-    for _ in range(args.rounds):
-        for kind in rates:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_measure, args=(args.method, kind, overrides, args.steps, args.warmup, queue))
-            proc.start()
-            proc.join()
-            if proc.exitcode:
-                raise RuntimeError(f"measuring {kind} failed (exit {proc.exitcode}); its error is printed above")
-            rates[kind].append(queue.get())
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else f"CPU {platform.machine()}, {os.cpu_count()} cores")
-    print(f"device: {device}; torch {torch.__version__}; {args.method}, {args.backbone}, batch {args.batch_size}, "
+    rates = compare(args.method, overrides, args.steps, args.warmup, args.rounds)
+    print(f"device: {device_name()}; torch {torch.__version__}; {args.method}, {args.backbone}, batch {args.batch_size}, "
           f"{args.image_size} px, {args.num_workers} loader workers, {args.steps} steps after {args.warmup}")
     median = {kind: statistics.median(values) for kind, values in rates.items()}
     for kind, values in rates.items():

@@ -3,9 +3,10 @@
 The peer of MoCo v2, BYOL and SwAV is the same method assembled from lightly's modules and losses as lightly's
 examples do (``pip install -e ".[test]"`` brings lightly); SparK's is the official SparK (``--spark_repo``, a
 checkout of github.com/keyu-tian/SparK: its sparse encoder on timm's ResNet and its light decoder, 3 channels
-as it is written for), or without one a plain supervised step of the backbone. A supervised step is measured
-in every run, for each method's compute ideal (:func:`passes`). Each measurement runs in its own process (so
-peak memory is its own), the kinds alternating over the rounds; prints the median images/s of each with its
+as it is written for), or without one a plain supervised step of the backbone. Each method's compute ideal is
+measured in every run: a supervised step divided by the method's backbone passes (:func:`passes`), and for
+SparK its own encoder, projections and decoder run densely, without masking (:func:`_dense_spark`). Each
+measurement runs in its own process (so peak memory is its own), the kinds alternating over the rounds; prints the median images/s of each with its
 range (images = samples of the batch, whatever the number of views), the ratios, and peak memory (CUDA peak
 allocation on a GPU, process max RSS on CPU). Inputs are random tensors of each method's view shapes, so only
 the step is timed. With ``--spatial_dims 3`` every input is a ``size``-cubed patch and every backbone MONAI's
@@ -22,17 +23,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import multiprocessing as mp
-import os
-import platform
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torchvision
-
+from common import alternate, device_name, median_range
 
 LOCAL_SIZE_RATIO = 96 / 224  # SwAV's local crops relative to the global ones
 LEVERS = ("channels_last", "foreach", "compile")  # the trainer's speed ids, each measured on top of "ours"
@@ -58,8 +56,8 @@ def passes(method: str, dims: int) -> float:
     full size; a forward alone counts 1/3, as a backward costs about two forwards): its compute ideal is the
     supervised rate divided by this. MoCo v2: the query's forward + backward and the key's forward (4/3);
     BYOL: both views through the online network and both through the target (8/3); SwAV: 2 global and 6
-    local crops forward + backward, a local crop costing its share of the pixels; SparK: the encoder's one
-    pass (1), its decoder not counted, so SparK's ratio to the ideal is a lower bound."""
+    local crops forward + backward, a local crop costing its share of the pixels; SparK: one pass of its
+    encoder and decoder, whose ideal is therefore measured directly as the unmasked step (:func:`_dense_spark`)."""
     return {"spark": 1.0, "moco": 4 / 3, "byol": 8 / 3, "swav": 2 + 6 * LOCAL_SIZE_RATIO ** dims}[method]
 
 
@@ -133,8 +131,13 @@ def _lightly(setting: Setting):
     import copy
 
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
-    from lightly.models.modules import (BYOLPredictionHead, BYOLProjectionHead, MoCoProjectionHead,
-                                        SwaVProjectionHead, SwaVPrototypes)
+    from lightly.models.modules import (
+        BYOLPredictionHead,
+        BYOLProjectionHead,
+        MoCoProjectionHead,
+        SwaVProjectionHead,
+        SwaVPrototypes,
+    )
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.utils.scheduler import cosine_schedule
 
@@ -182,17 +185,46 @@ def _lightly(setting: Setting):
     return model, loss
 
 
-def _measure(setting: Setting, kind: str, queue: mp.Queue) -> None:
-    """Time ``kind``: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on), ``supervised``, ``lightly`` or
-    ``official``."""
+def _dense_spark(setting: Setting):
+    """(model, loss) of SparK's compute without its masking, SparK's compute ideal: the plain backbone (stock
+    layers), batch norm and the same projections on its four stages, the same light decoder, a mean squared
+    error on the whole image."""
+    from medssl_monai.networks import SparK
+
+    spark = SparK(setting.backbone, in_channels=setting.in_channels, image_size=setting.size,
+                  decoder_width=setting.decoder_width, spatial_dims=setting.spatial_dims)
+    model = torch.nn.Module()
+    model.net = _backbone(setting)
+    norm = getattr(torch.nn, f"BatchNorm{setting.spatial_dims}d")
+    model.norms = torch.nn.ModuleList(norm(w) for w in spark.encoder.widths)
+    model.projs, model.decoder = spark.densify_projs, spark.decoder
+
+    def loss(views):
+        n, x = model.net, views[0]
+        act = n.act if hasattr(n, "act") else n.relu
+        f4 = n.layer1(n.maxpool(act(n.bn1(n.conv1(x)))))
+        f8 = n.layer2(f4)
+        f16 = n.layer3(f8)
+        stages = [n.layer4(f16), f16, f8, f4]  # coarse first, as SparK's decoder takes them
+        pred = model.decoder([proj(norm(f)) for f, norm, proj in zip(stages, model.norms, model.projs)])
+        return torch.nn.functional.mse_loss(pred, x)
+    return model, loss
+
+
+BUILDERS = {"ours": _ours, "supervised": _supervised, "dense": _dense_spark, "lightly": _lightly,
+            "official": _official_spark}
+
+
+def _measure(kind: str, setting: Setting, queue: mp.Queue) -> None:
+    """Time ``kind``: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on), ``supervised``, ``dense`` (SparK
+    unmasked), ``lightly`` or ``official``; puts (images/s, peak MiB, seconds of the first step)."""
     from medssl_monai.optimizers import build_optimizer
     from medssl_monai.utils import channels_last_format, place
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     base, _, lever = kind.partition("+")
-    model, loss_fn = {"ours": _ours, "supervised": _supervised, "lightly": _lightly,
-                      "official": _official_spark}[base](setting)
+    model, loss_fn = BUILDERS[base](setting)
     views = _views(setting, device)
     model = place(model, device)
     loss_fn(views)  # materialises lazy layers before the optimiser sees the parameters
@@ -222,23 +254,53 @@ def _measure(setting: Setting, kind: str, queue: mp.Queue) -> None:
     queue.put((setting.steps * setting.batch / (time.perf_counter() - start), peak, first))
 
 
+def peer_of(setting: Setting) -> str:
+    """The kind ``ours`` is compared with: lightly's method, the official SparK, or (no checkout) a supervised
+    step."""
+    if setting.method != "spark":
+        return "lightly"
+    return "official" if setting.spark_repo else "supervised"
+
+
 def compare(setting: Setting, levers: list[str], rounds: int) -> dict[str, list[tuple[float, float, float]]]:
     """(images/s, peak MiB, seconds of the first step) of every kind over ``rounds``, each kind in a fresh
-    process, the kinds alternating: ours, ours with each lever, the peer, and a supervised step."""
-    peer = ("official" if setting.spark_repo else "supervised") if setting.method == "spark" else "lightly"
-    kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer, "supervised"])]
-    results: dict[str, list[tuple[float, float, float]]] = {kind: [] for kind in kinds}
-    ctx = mp.get_context("spawn")
-    for _ in range(rounds):
-        for kind in results:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_measure, args=(setting, kind, queue))
-            proc.start()
-            proc.join()
-            if proc.exitcode:
-                raise RuntimeError(f"measuring {kind} failed (exit {proc.exitcode}); its error is printed above")
-            results[kind].append(queue.get())
-    return results
+    process, the kinds alternating: ours, ours with each lever, the peer, and the compute ideal's step
+    (supervised; SparK: unmasked)."""
+    ideal = "dense" if setting.method == "spark" else "supervised"
+    kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer_of(setting), ideal])]
+    return alternate(_measure, kinds, rounds, setting)
+
+
+@dataclasses.dataclass
+class Summary:
+    """One comparison, read: each kind's median rate and range, peaks, and the ratios."""
+
+    setting: Setting
+    rates: dict[str, tuple[float, float, float]]  # kind: (median, lowest, highest) images/s
+    peaks: dict[str, float]  # kind: highest peak MiB over the rounds
+    firsts: dict[str, float]  # kind: slowest first step, seconds
+    peer: str
+    passes: float  # the ideal's step count per step of ours (1 for SparK against its unmasked step)
+    ideal: float  # images/s
+    levers: dict[str, float]  # lever: rate with it / rate without
+
+    @property
+    def ours_over_peer(self) -> float:
+        return self.rates["ours"][0] / self.rates[self.peer][0]
+
+    @property
+    def ours_over_ideal(self) -> float:
+        return self.rates["ours"][0] / self.ideal
+
+
+def summarise(setting: Setting, results: dict[str, list[tuple[float, float, float]]]) -> Summary:
+    """The medians, ranges and ratios of :func:`compare`'s results."""
+    rates = {kind: median_range([v[0] for v in values]) for kind, values in results.items()}
+    count = 1.0 if setting.method == "spark" else passes(setting.method, setting.spatial_dims)
+    ideal = rates["dense" if setting.method == "spark" else "supervised"][0] / count
+    levers = {kind.partition("+")[2]: rates[kind][0] / rates["ours"][0] for kind in rates if "+" in kind}
+    return Summary(setting, rates, {k: max(v[1] for v in vs) for k, vs in results.items()},
+                   {k: max(v[2] for v in vs) for k, vs in results.items()}, peer_of(setting), count, ideal, levers)
 
 
 def main() -> None:
@@ -255,28 +317,21 @@ def main() -> None:
     if set(levers) - set(LEVERS):
         parser.error(f"unknown lever(s) {sorted(set(levers) - set(LEVERS))}; expected {', '.join(LEVERS)}")
     setting = Setting(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Setting)})
-    results = compare(setting, levers, args.rounds)
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else f"CPU {platform.machine()}, {os.cpu_count()} cores")
+    summary = summarise(setting, compare(setting, levers, args.rounds))
     unit = "MiB CUDA peak" if torch.cuda.is_available() else "MiB max RSS"
     shape = "x".join([str(setting.size)] * setting.spatial_dims)
-    print(f"device: {device}; torch {torch.__version__}; {setting.method}, {setting.backbone}, batch {setting.batch}, "
-          f"{shape}, {setting.in_channels} channel(s)"
+    print(f"device: {device_name()}; torch {torch.__version__}; {setting.method}, {setting.backbone}, "
+          f"batch {setting.batch}, {shape}, {setting.in_channels} channel(s)"
           + (f", decoder width {setting.decoder_width}" if setting.method == "spark" else ""))
-    rates = {}
-    for kind, values in results.items():
-        rates[kind] = statistics.median(v[0] for v in values)
-        spread = f"{min(v[0] for v in values):.2f}-{max(v[0] for v in values):.2f}"
-        print(f"{kind:>20}: {rates[kind]:8.2f} {'patches' if setting.spatial_dims == 3 else 'images'}/s ({spread}), "
-              f"peak {max(v[1] for v in values):8.0f} {unit}, first step {max(v[2] for v in values):.1f} s")
-    peer = [k for k in results if not k.startswith("ours")][0]
-    print(f"ratio ours/{peer}: {rates['ours'] / rates[peer]:.2f}")
-    count = passes(setting.method, setting.spatial_dims)
-    ideal = rates["supervised"] / count
-    print(f"compute ideal: supervised / {count:.2f} passes = {ideal:.2f}/s; "
-          f"ratio ours/ideal: {rates['ours'] / ideal:.2f}")
-    for lever in levers:
-        print(f"effect of {lever}: {rates[f'ours+{lever}'] / rates['ours']:.2f}x ours")
+    for kind, (rate, low, high) in summary.rates.items():
+        print(f"{kind:>20}: {rate:8.2f} {'patches' if setting.spatial_dims == 3 else 'images'}/s ({low:.2f}-{high:.2f}), "
+              f"peak {summary.peaks[kind]:8.0f} {unit}, first step {summary.firsts[kind]:.1f} s")
+    print(f"ratio ours/{summary.peer}: {summary.ours_over_peer:.2f}")
+    step = "dense (unmasked)" if setting.method == "spark" else "supervised"
+    print(f"compute ideal: {step} / {summary.passes:.2f} passes = {summary.ideal:.2f}/s; "
+          f"ratio ours/ideal: {summary.ours_over_ideal:.2f}")
+    for lever, effect in summary.levers.items():
+        print(f"effect of {lever}: {effect:.2f}x ours")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,87 @@
+"""Peak memory and throughput of pre-training as the archive grows, per cache mode: what an archive needs.
+
+Two demo collections of ``--patients`` (default 4 and 16) volumes of 512 x 512 x 64 voxels are generated; on
+each, one epoch of the SparK bundle (ResNet18, 64 px, batch 8, no loader workers, so the process's own peak
+RSS is the run's) with ``cache`` ``disk`` (the slice store) and ``memory`` (every volume in the process), each in
+a fresh process, alternating. Prints each run's peak RSS and images/s after the first iterations, the growth
+from the smallest to the largest collection, and the slice store's bytes per slice, from which the disk and RAM
+an archive of ``--archive_slices`` slices (LIDC-IDRI: about 250,000 of 512 x 512) needs follow.
+Usage: python benchmarks/bench_memory.py [--patients 4 16 --caches disk memory --size 512 --slices 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import alternate, device_name
+
+from medssl_monai.data.demo import make_demo_data
+
+SETTINGS = {"backbone": "resnet18", "image_size": 64, "batch_size": 8, "num_workers": 0, "max_epochs": 1}
+WARMUP = 2  # iterations before the timed ones
+
+
+def _measure(kind: str, collections: dict[int, str], queue: mp.Queue) -> None:
+    """One epoch of ``kind`` = ``<cache> <patients>``; puts (peak RSS MiB, images/s, store bytes per slice)."""
+    from bench_loader import _workflow
+    from ignite.engine import Events
+
+    cache, patients = kind.split()
+    with tempfile.TemporaryDirectory() as tmp:
+        workflow = _workflow("spark", {**SETTINGS, "dataset_dir": collections[int(patients)], "cache": cache,
+                                       "cache_dir": f"{tmp}/cache"}, tmp)
+        stamps: list[float] = []
+        workflow.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: stamps.append(time.perf_counter()))
+        workflow.run()
+        if len(stamps) <= WARMUP + 1:
+            raise ValueError(f"{collections[int(patients)]}: {len(stamps)} iterations in an epoch, too few to time "
+                             f"after {WARMUP} of warm-up; use more patients or slices")
+        rate = (len(stamps) - WARMUP) * SETTINGS["batch_size"] / (stamps[-1] - stamps[WARMUP - 1])
+        per_slice = 0.0
+        if cache == "disk":
+            files = list(Path(f"{tmp}/cache").rglob("*.npy"))
+            per_slice = sum(f.stat().st_size for f in files) / sum(np.load(f, mmap_mode="r").shape[0] for f in files)
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rate, per_slice))
+
+
+def compare(patients: list[int], caches: list[str], size: int, slices: int, rounds: int, root: str
+            ) -> dict[str, list[tuple[float, float, float]]]:
+    """(peak RSS MiB, images/s, store bytes per slice) of every ``<cache> <patients>`` kind over ``rounds``."""
+    collections = {n: str(make_demo_data(Path(root) / f"demo{n}", seed=0, patients=n, size=size, slices=slices,
+                                         covid_images=20, organ_patches=50)) for n in patients}
+    return alternate(_measure, [f"{c} {n}" for c in caches for n in patients], rounds, collections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--caches", nargs="+", choices=["disk", "memory", "none"], default=["disk", "memory"])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--slices", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--archive_slices", type=int, default=250_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        results = compare(args.patients, args.caches, args.size, args.slices, args.rounds, root)
+    print(f"device: {device_name()}; SparK {SETTINGS}, volumes {args.size}x{args.size}x{args.slices}")
+    for kind, values in results.items():
+        rss, rate = max(v[0] for v in values), min(v[1] for v in values)
+        print(f"{kind:>10} patients: peak RSS {rss:8.0f} MiB, {rate:6.1f} images/s")
+    low, high = min(args.patients), max(args.patients)
+    for cache in args.caches:
+        grow = max(v[0] for v in results[f"{cache} {high}"]) / max(v[0] for v in results[f"{cache} {low}"])
+        print(f"{cache}: peak RSS {low} -> {high} patients x{grow:.2f}")
+    if "disk" in args.caches:
+        per_slice = results[f"disk {high}"][0][2]
+        print(f"slice store: {per_slice:,.0f} bytes a slice; {args.archive_slices:,} slices: "
+              f"{per_slice * args.archive_slices / 1e9:,.0f} GB of disk")
+
+
+if __name__ == "__main__":
+    main()

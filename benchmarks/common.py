@@ -1,0 +1,77 @@
+"""What every benchmark script shares: measuring kinds in fresh processes, alternating, and naming the machine.
+
+Each measurement runs in its own spawned process, so its peak memory is its own and no warm cache or allocator
+carries over from the previous one; the kinds alternate round by round, so a slow spell of a shared machine
+falls on all of them alike.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def alternate(target: Callable[..., None], kinds: Sequence[str], rounds: int, *args: Any) -> dict[str, list[Any]]:
+    """``target(kind, *args, queue)`` for every kind, each in a fresh spawned process, the kinds alternating over
+    ``rounds``; returns what each call put on its queue, per kind, in round order. On Linux a child's max RSS
+    starts at its parent's (the high-water mark survives fork and exec), so the calling process must not have
+    grown before: anything large runs in a child too."""
+    ctx = mp.get_context("spawn")
+    results: dict[str, list[Any]] = {kind: [] for kind in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=target, args=(kind, *args, queue))
+            proc.start()
+            proc.join()
+            if proc.exitcode:
+                raise RuntimeError(f"measuring {kind} failed (exit {proc.exitcode}); its error is printed above")
+            results[kind].append(queue.get())
+    return results
+
+
+def median_range(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, lowest, highest)."""
+    return statistics.median(values), min(values), max(values)
+
+
+def ranged(stats: tuple[float, float, float], digits: int = 2) -> str:
+    """``median (lowest-highest)`` of :func:`median_range`'s triple, the median alone when all are equal."""
+    mid, low, high = stats
+    return f"{mid:.{digits}f}" if low == high else f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has bf16 arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm), as torch's CPU autocast
+    needs to be faster rather than emulated."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith(("flags", "Features"))).split()
+    except (OSError, StopIteration):
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def device_name() -> str:
+    """The accelerator the measurements run on: the GPU's name, or the CPU and its cores."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU {cpu_model()}, {os.cpu_count()} cores"

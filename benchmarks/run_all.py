@@ -1,0 +1,320 @@
+"""Every benchmark of the project in one run, written to ``docs/benchmarks.md``: the file is this script's output.
+
+Runs, on this machine: the data path (``bench_data``), memory as the archive grows (``bench_memory``), each
+pre-training method's step against its peer and its compute ideal with the speed levers (``bench_pretrain``),
+each bundle end to end against its bare step (``bench_loader``), the 3D steps, and whether the demo task can be
+learned (``bench_demo_task``). The report names the machine, the date and the library versions, puts the ratios
+and the project's targets first, and gives every rate as the median with its range over the rounds.
+Peers: lightly (the ``test`` extra) and, with ``--spark_repo``, a checkout of the official SparK (the ``bench``
+extra); neither is a runtime dependency.
+Usage: python benchmarks/run_all.py [--spark_repo /tmp/SparK] [--rounds 3] [--sections pretrain loader]
+       [--out docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from common import alternate, cpu_has_bf16, device_name, median_range, ranged
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"moco": "MoCo v2", "byol": "BYOL", "swav": "SwAV", "spark": "SparK"}
+LEVERS = ["channels_last", "foreach"]  # torch.compile is measured by hand: it compiles again at every start
+NOISE = 0.05  # a lever within this of 1x neither wins nor loses
+
+
+@dataclasses.dataclass
+class Target:
+    """One of the project's targets, what this run measured for it, and whether that meets it."""
+
+    name: str
+    goal: str
+    measured: str
+    met: bool
+
+    def row(self) -> str:
+        return f"| {self.name} | {self.goal} | {self.measured} | {'yes' if self.met else '**no**'} |"
+
+
+def ratio_target(name: str, top: tuple[float, float, float], bottom: tuple[float, float, float], goal: float,
+                 at_least: bool = True) -> Target:
+    """The target that the ratio of two ranged rates (:func:`median_range`) be at least (at most) ``goal``; the
+    ratio's range runs from the lowest over the highest to the highest over the lowest."""
+    value = top[0] / bottom[0]
+    return Target(name, f"{'>=' if at_least else '<='} {goal:g}",
+                  ranged((value, top[1] / bottom[2], top[2] / bottom[1])),
+                  value >= goal if at_least else value <= goal)
+
+
+def default_of(method: str, key: str):
+    """The value of ``key`` in a pre-training bundle's ``train.json``."""
+    return json.loads((ROOT / "bundles" / f"{method}_pretrain" / "configs" / "train.json").read_text())[key]
+
+
+def section_data(args, targets: list[Target]) -> str:
+    import bench_data
+
+    r = alternate(bench_data._measure, ["data path"], 1)["data path"][0]
+    return f"""## Data path (`python benchmarks/bench_data.py`)
+
+The cached 2D axial-slice pipeline (lung window, 3 channels, in-memory cache, random-size crop 170-256 px resized
+to 224, flip) through a DataLoader with 2 workers, next to the images/s one ResNet50 training step consumes
+(forward, backward, SGD; batch 16, 224 x 224, 3 channels), and `prepare-dicom` over a small demo DICOM tree
+({r['prepared_slices']} slices of 256 x 256). One round.
+
+| ratio pipeline / step | slice pipeline | ResNet50 step | prepare-dicom |
+|---|---|---|---|
+| {r['pipeline'] / r['step']:.1f}x | {r['pipeline']:.0f} slices/s | {r['step']:.2f} images/s | {r['prepare']:.0f} slices/s |
+
+Above 1x the data path is not what limits training on this machine.
+"""
+
+
+def section_memory(args, targets: list[Target]) -> str:
+    import bench_memory
+
+    patients = [4, 16]
+    with tempfile.TemporaryDirectory() as root:
+        results = bench_memory.compare(patients, ["disk", "memory"], 512, 64, args.memory_rounds, root)
+    rss = {kind: max(v[0] for v in values) for kind, values in results.items()}
+    rate = {kind: median_range([v[1] for v in values]) for kind, values in results.items()}
+    per_slice = results["disk 16"][0][2]
+    targets.append(ratio_target("peak RSS, `cache disk`, 16 / 4 patients", (rss["disk 16"],) * 3,
+                                (rss["disk 4"],) * 3, 1.25, at_least=False))
+    targets.append(ratio_target("images/s, `cache disk`, 16 / 4 patients", rate["disk 16"], rate["disk 4"], 1.0))
+    rows = "\n".join(f"| `{kind.split()[0]}` | {kind.split()[1]} | {rss[kind]:,.0f} MiB | {ranged(rate[kind], 1)} |"
+                     for kind in results)
+    archive = 250_000
+    return f"""## Memory as the archive grows (`python benchmarks/bench_memory.py`)
+
+Demo collections of 4 and 16 patients of 512 x 512 x 64 voxels; one epoch of the SparK bundle on each (ResNet18,
+64 px, batch 8, no loader workers, so the process's peak RSS is the run's), `cache` `disk` (the slice store,
+read a slice at a time) and `memory` (every volume in the process), each in its own process,
+{args.memory_rounds} round(s).
+
+| growth 4 -> 16 patients, peak RSS | `disk` | `memory` |
+|---|---|---|
+| ratio | {rss['disk 16'] / rss['disk 4']:.2f}x | {rss['memory 16'] / rss['memory 4']:.2f}x |
+
+| cache | patients | peak RSS | images/s |
+|---|---|---|---|
+{rows}
+
+The slice store holds {per_slice:,.0f} bytes a slice of 512 x 512 (int16 HU and its share of a file header).
+For LIDC-IDRI (about {archive:,} slices of 512 x 512), from that figure:
+
+| cache | disk | RAM of each training process |
+|---|---|---|
+| `disk` (the `paper` preset) | {per_slice * archive / 1e9:,.0f} GB of slice store | what it is at 4 and 16 patients above (the pages read sit in the OS page cache, which the kernel reclaims) |
+| `memory` | none | at least {per_slice * archive / 1e9:,.0f} GB: every slice in the process |
+"""
+
+
+def section_pretrain(args, targets: list[Target]) -> str:
+    import bench_pretrain
+
+    rows, levers, memory = [], [], []
+    for method, name in METHODS.items():
+        setting = bench_pretrain.Setting(method, backbone="resnet50", size=128, batch=8, steps=3, in_channels=3,
+                                         spark_repo=args.spark_repo)
+        s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, LEVERS, args.rounds))
+        peer = {"lightly": "lightly", "official": "official SparK", "supervised": "supervised step"}[s.peer]
+        goal = 1.5 if s.peer == "official" else 1.0
+        ideal_kind = "dense" if method == "spark" else "supervised"
+        ideal = tuple(v / s.passes for v in s.rates[ideal_kind])
+        targets.append(ratio_target(f"{name} step / {peer}'s", s.rates["ours"], s.rates[s.peer], goal))
+        targets.append(ratio_target(f"{name} step / its compute ideal", s.rates["ours"], ideal, 0.9))
+        passes = "1 (unmasked step)" if method == "spark" else f"{s.passes:.2f}"
+        rows.append(f"| {name} | {s.ours_over_peer:.2f} | {s.ours_over_ideal:.2f} | {ranged(s.rates['ours'])} | "
+                    f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[ideal_kind])} | {passes} | {s.ideal:.2f} |")
+        effects = []
+        for lever in LEVERS:
+            effect, default = s.levers[lever], default_of(method, lever)
+            effects.append(f"{effect:.2f}x (default {json.dumps(default)})")
+            if default is not None:  # None: torch's own choice
+                wins, loses = effect >= 1 + NOISE, effect <= 1 - NOISE
+                targets.append(Target(f"{name}: `{lever}` by default where it wins", "on if faster, off if slower",
+                                      f"{effect:.2f}x, {'on' if default else 'off'}",
+                                      not (wins and not default or loses and default)))
+        levers.append(f"| {name} | " + " | ".join(effects) + " |")
+        memory.append(f"{name} {s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f}")
+    unit = "MiB of CUDA peak allocation" if torch.cuda.is_available() else "MiB max RSS"
+    return f"""## Pre-training steps (`python benchmarks/bench_pretrain.py --method M --backbone resnet50 --size 128 --batch 8 --in_channels 3 --levers {','.join(LEVERS)}`)
+
+Each method's training step at the same settings as its peer: ResNet50, batch 8, 128 x 128, 3 channels (the
+official SparK reconstructs 3), SGD, random inputs of each method's view shapes (SwAV: 2 global and 6 local
+crops of 96/224 of the size; MoCo: queue 4,096). Peers: MoCo v2, BYOL and SwAV assembled from lightly
+{_version('lightly')}'s heads, losses and momentum helpers as lightly's examples do; SparK: the official SparK
+({'a checkout of github.com/keyu-tian/SparK, its `pretrain/` code as its `main.py` builds the model, on timm ' + _version('timm') if args.spark_repo else 'not given (`--spark_repo`), so a supervised step'}).
+The compute ideal: a supervised step (backbone, linear layer, cross-entropy) divided by the backbone passes the
+method needs (a forward alone counts 1/3 of a forward + backward: MoCo 4/3, BYOL 8/3, SwAV 2 + 6 x (96/224)^2);
+for SparK its own encoder, projections and decoder run unmasked (plain layers, mean squared error on the whole
+image), so the ratio is what masking costs. Every kind in its own process, the kinds alternating over
+{args.rounds} rounds; the median of 3 timed steps after a warm-up step; images/s counts the samples of a batch.
+Each lever is measured on top of ours with the others off.
+
+| method | ours / peer | ours / ideal | ours, images/s | peer, images/s | ideal's step, images/s | passes | ideal, images/s |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Speed levers, the rate with each on over the rate without, and the bundle's default:
+
+| method | {' | '.join(f'`{lever}`' for lever in LEVERS)} |
+|---|---|---|
+{chr(10).join(levers)}
+
+A default of `null` is torch's own choice (for `foreach`: on for CUDA tensors, off on a CPU). Within {NOISE:.0%} of 1x
+a lever neither wins nor loses here. Peak memory, ours / peer ({unit}): {', '.join(memory)}.
+bf16 autocast on the CPU (the `amp` id): {'this CPU has bf16 instructions, not measured by this script yet' if cpu_has_bf16() else 'not measured, this CPU has no bf16 instructions'}.
+"""
+
+
+def section_loader(args, targets: list[Target]) -> str:
+    import bench_loader
+
+    rows = []
+    for method, name in METHODS.items():
+        overrides = {"backbone": "resnet50", "image_size": 96, "batch_size": 8, "num_workers": 2}
+        rates = bench_loader.compare(method, overrides, 24, 2, args.loader_rounds)
+        e2e, bare = median_range(rates["end to end"]), median_range(rates["bare"])
+        targets.append(ratio_target(f"{name} bundle end to end / its bare step", e2e, bare, 0.9))
+        rows.append(f"| {name} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} |")
+    return f"""## Bundles end to end (`python benchmarks/bench_loader.py --method M`)
+
+Each pre-training bundle's own config on the demo data (ResNet50, batch 8, 96 px, `num_workers` 2, k-NN monitor
+off, its default levers), built through MONAI's ConfigWorkflow: 24 iterations after 2 of warm-up, fed by its
+DataLoader with its handlers, against the same trainer's step on one batch held in memory; {args.loader_rounds}
+rounds alternating, each in its own process.
+
+| method | end to end / bare | end to end, images/s | bare step, images/s |
+|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
+def section_3d(args, targets: list[Target]) -> str:
+    import bench_pretrain
+
+    rows = []
+    for method in ("spark", "moco"):
+        setting = bench_pretrain.Setting(method, backbone="resnet18", size=48, batch=2, steps=2, spatial_dims=3)
+        s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, [], 1))
+        peer = "lightly" if method == "moco" else "supervised step"
+        rows.append(f"| {METHODS[method]} | {s.ours_over_peer:.2f} ({peer}) | {s.ours_over_ideal:.2f} | "
+                    f"{s.rates['ours'][0]:.3f} | {s.rates[s.peer][0]:.3f} | "
+                    f"{s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f} |")
+    return f"""## 3D steps (`python benchmarks/bench_pretrain.py --spatial_dims 3 --method M --backbone resnet18 --size 48 --batch 2 --steps 2 --rounds 1`)
+
+48-cubed patches of 1 channel; every backbone MONAI's stock 3D ResNet18 (ours and the peers' alike); SparK at its
+default decoder width 768, its ideal its own network unmasked as in 2D; 1 round, the median of 2 timed steps
+after a warm-up step; patches/s counts the samples of a batch.
+
+| method | ours / peer | ours / ideal | ours, patches/s | peer, patches/s | peak memory ours / peer, MiB |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
+def section_demo_task(args, targets: list[Target]) -> str:
+    import bench_demo_task
+
+    from medssl_monai.bundle import demo_data_dir
+
+    rows, aucs = [], {}
+    with tempfile.TemporaryDirectory() as out:
+        for fraction in (1.0, 0.05):
+            metrics, n_train, seconds = bench_demo_task.run(demo_data_dir() + "/covid_ct", fraction, 0, 128, 20, out)
+            auc = metrics["auc"]
+            aucs[fraction] = auc["value"]
+            rows.append(f"| {fraction:g} | {n_train} | {auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}] "
+                        f"| {metrics['accuracy']['value']:.3f} | {seconds:.0f} s |")
+    targets.append(Target("demo COVID-like task, ResNet18 from scratch, all labels: test AUC", ">= 0.9",
+                          f"{aucs[1.0]:.3f}", aucs[1.0] >= 0.9))
+    return f"""## Can the demo task be learned? (`python benchmarks/bench_demo_task.py`)
+
+A ResNet18 from random initialisation through the `ct_classification` bundle (128 px, 20 epochs, batch 32, Adam
+1e-4, no frozen epochs) on the demo's COVID-like task, test AUC with its 95 % bootstrap interval, seed 0. The
+study (`medssl-monai study --preset demo`) gives the spread over seeds.
+
+| label fraction | training images | test AUC [95 % CI] | accuracy | time |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
+SECTIONS: dict[str, Callable] = {"pretrain": section_pretrain, "loader": section_loader, "memory": section_memory,
+                                 "data": section_data, "3d": section_3d, "demo_task": section_demo_task}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def header(command: str, minutes: float) -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    versions = ", ".join(f"{p} {_version(p)}" for p in ("torch", "torchvision", "monai", "lightly", "timm"))
+    return f"""# Benchmarks
+
+Written by `{command}` on {datetime.date.today().isoformat()} in {minutes:.0f} minutes: rerun it to regenerate this
+file, do not edit it by hand (`docs/performance.md` says what the figures led to).
+
+- Machine: {device_name()}, {platform.machine()}, {memory:.0f} GiB of memory; bf16 instructions:
+  {'yes' if cpu_has_bf16() else 'no'}; GPU: {gpu}.
+- Python {platform.python_version()}; {versions}.
+- Every kind runs in its own process and the kinds alternate over rounds, so a slow spell of a shared machine
+  falls on all of them; rates are medians with the range over the rounds in brackets. Read the ratios: absolute
+  rates move between runs of the same machine.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spark_repo", default=None, help="a checkout of github.com/keyu-tian/SparK")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the pre-training steps")
+    parser.add_argument("--loader_rounds", type=int, default=2)
+    parser.add_argument("--memory_rounds", type=int, default=1)
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    start = time.perf_counter()
+    targets: list[Target] = []
+    bodies = []
+    for name in args.sections:
+        print(f"[{time.perf_counter() - start:6.0f} s] {name}", flush=True)
+        bodies.append(SECTIONS[name](args, targets))
+    command = "python benchmarks/run_all.py " + " ".join(sys.argv[1:])
+    table = "\n".join(t.row() for t in targets)
+    met = sum(t.met for t in targets)
+    report = f"""{header(command.strip(), (time.perf_counter() - start) / 60)}
+## Against the project's targets ({met} of {len(targets)} met)
+
+A lever row counts as met when the bundle's default follows the measurement: on where the lever is more than
+{NOISE:.0%} faster, off where it is more than {NOISE:.0%} slower, either within that.
+
+| target | goal | measured (range) | met |
+|---|---|---|---|
+{table}
+
+""" + "\n".join(bodies)
+    Path(args.out).write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
