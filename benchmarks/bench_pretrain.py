@@ -281,7 +281,7 @@ class Summary:
     firsts: dict[str, float]  # kind: slowest first step, seconds
     peer: str
     passes: float  # the ideal's step count per step of ours (1 for SparK against its unmasked step)
-    ideal: float  # images/s
+    ideal: tuple[float, float, float]  # images/s: (median, lowest, highest) of the ideal's step / passes
     levers: dict[str, float]  # lever: rate with it / rate without
 
     @property
@@ -290,14 +290,14 @@ class Summary:
 
     @property
     def ours_over_ideal(self) -> float:
-        return self.rates["ours"][0] / self.ideal
+        return self.rates["ours"][0] / self.ideal[0]
 
 
 def summarise(setting: Setting, results: dict[str, list[tuple[float, float, float]]]) -> Summary:
     """The medians, ranges and ratios of :func:`compare`'s results."""
     rates = {kind: median_range([v[0] for v in values]) for kind, values in results.items()}
     count = 1.0 if setting.method == "spark" else passes(setting.method, setting.spatial_dims)
-    ideal = rates["dense" if setting.method == "spark" else "supervised"][0] / count
+    ideal = tuple(v / count for v in rates["dense" if setting.method == "spark" else "supervised"])
     levers = {kind.partition("+")[2]: rates[kind][0] / rates["ours"][0] for kind in rates if "+" in kind}
     return Summary(setting, rates, {k: max(v[1] for v in vs) for k, vs in results.items()},
                    {k: max(v[2] for v in vs) for k, vs in results.items()}, peer_of(setting), count, ideal, levers)
@@ -328,7 +328,7 @@ def main() -> None:
               f"peak {summary.peaks[kind]:8.0f} {unit}, first step {summary.firsts[kind]:.1f} s")
     print(f"ratio ours/{summary.peer}: {summary.ours_over_peer:.2f}")
     step = "dense (unmasked)" if setting.method == "spark" else "supervised"
-    print(f"compute ideal: {step} / {summary.passes:.2f} passes = {summary.ideal:.2f}/s; "
+    print(f"compute ideal: {step} / {summary.passes:.2f} passes = {summary.ideal[0]:.2f}/s; "
           f"ratio ours/ideal: {summary.ours_over_ideal:.2f}")
     for lever, effect in summary.levers.items():
         print(f"effect of {lever}: {effect:.2f}x ours")

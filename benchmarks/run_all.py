@@ -133,12 +133,11 @@ def section_pretrain(args, targets: list[Target]) -> str:
         peer = {"lightly": "lightly", "official": "official SparK", "supervised": "supervised step"}[s.peer]
         goal = 1.5 if s.peer == "official" else 1.0
         ideal_kind = "dense" if method == "spark" else "supervised"
-        ideal = tuple(v / s.passes for v in s.rates[ideal_kind])
         targets.append(ratio_target(f"{name} step / {peer}'s", s.rates["ours"], s.rates[s.peer], goal))
-        targets.append(ratio_target(f"{name} step / its compute ideal", s.rates["ours"], ideal, 0.9))
+        targets.append(ratio_target(f"{name} step / its compute ideal", s.rates["ours"], s.ideal, 0.9))
         passes = "1 (unmasked step)" if method == "spark" else f"{s.passes:.2f}"
         rows.append(f"| {name} | {s.ours_over_peer:.2f} | {s.ours_over_ideal:.2f} | {ranged(s.rates['ours'])} | "
-                    f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[ideal_kind])} | {passes} | {s.ideal:.2f} |")
+                    f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[ideal_kind])} | {passes} | {s.ideal[0]:.2f} |")
         effects = []
         for lever in LEVERS:
             effect, default = s.levers[lever], default_of(method, lever)
