@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from common import alternate, cpu_has_bf16, device_name, median_range, ranged
 
+from medssl_monai.bundle import bundle_default
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"moco": "MoCo v2", "byol": "BYOL", "swav": "SwAV", "spark": "SparK"}
 LEVERS = ["channels_last", "foreach"]  # torch.compile is measured by hand: it compiles again at every start
@@ -56,11 +58,6 @@ def ratio_target(name: str, top: tuple[float, float, float], bottom: tuple[float
     return Target(name, f"{'>=' if at_least else '<='} {goal:g}",
                   ranged((value, top[1] / bottom[2], top[2] / bottom[1])),
                   value >= goal if at_least else value <= goal)
-
-
-def default_of(method: str, key: str):
-    """The value of ``key`` in a pre-training bundle's ``train.json``."""
-    return json.loads((ROOT / "bundles" / f"{method}_pretrain" / "configs" / "train.json").read_text())[key]
 
 
 def section_data(args, targets: list[Target]) -> str:
@@ -140,7 +137,7 @@ def section_pretrain(args, targets: list[Target]) -> str:
                     f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[ideal_kind])} | {passes} | {s.ideal[0]:.2f} |")
         effects = []
         for lever in LEVERS:
-            effect, default = s.levers[lever], default_of(method, lever)
+            effect, default = s.levers[lever], bundle_default(f"{method}_pretrain", lever)
             effects.append(f"{effect:.2f}x (default {json.dumps(default)})")
             if default is not None:  # None: torch's own choice
                 wins, loses = effect >= 1 + NOISE, effect <= 1 - NOISE

@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study", help="the label-fraction study: pre-train, fine-tune per fraction and seed, compare")
     p.add_argument("--config", default=None, help="a study YAML (fields override its preset; see studies/)")
-    p.add_argument("--preset", default=None, choices=("smoke", "demo", "paper"),
-                   help="smoke (tests, < 3 min), demo (embedded data, < 90 min on 2 cores), paper (GPU)")
+    p.add_argument("--preset", default=None, choices=("smoke", "demo", "demo_3d", "paper"),
+                   help="smoke (tests, < 3 min), demo (embedded data, about an hour on 2 cores), demo_3d (its 3D "
+                        "arm: volume patches, organ segmentation), paper (GPU)")
     p.add_argument("--out", required=True, help="study folder; the same command continues a stopped study")
     p.add_argument("--plan", action="store_true", help="print every bundle run (bundle, folder, ids) and exit")
     p.set_defaults(func=_study)

@@ -339,3 +339,35 @@ def test_a_segmentation_task_is_fine_tuned_and_compared_by_patient_dice(study, d
     assert "## organ_seg: finetune (test mean Dice, 1 seed)" in summary and "## covid: knn (test ROC AUC, 2 seeds)" in summary
     with open(out / "results.csv", newline="") as f:
         assert sum(r["task"] == "organ_seg" for r in csv.DictReader(f)) == 4
+
+
+def test_a_3d_study_composes_the_overlays_and_compares_by_patient_dice(demo_dir, tmp_path):
+    """The demo_3d preset at its smallest (one pre-training step, one fine-tuning step, one fraction): every run
+    composes its bundle's train_3d.json, records it, exports a 3D encoder the 3D U-Net starts from, and the
+    summary compares 3D SparK with 3D scratch by per-patient Dice; a classification task is refused in 3D."""
+    from medssl_monai.study.runner import Run, _cli
+
+    config = load_study_config(preset="demo_3d", demo_dir=str(demo_dir))
+    assert config.config_files == ["train.json", "train_3d.json"] and set(config.methods) == {"scratch", "spark", "moco"}
+    small = {**config.to_dict(), "methods": ["scratch", "spark"], "fractions": [1.0]}
+    small["pretrain"]["overrides"].update(samples_per_epoch=2, num_workers=0)
+    small["tasks"]["organ_seg"].update(samples_per_epoch=2)
+    config = type(config)(**small)
+    study = Study(config, tmp_path / "out")
+    assert all(" + train_3d.json in " in line for line in study.plan())
+    rows = study.run(progress=False)
+    assert [(r["method"], r["fraction"]) for r in rows] == [("scratch", 1.0), ("spark", 1.0)]
+    assert all(0 <= r["dice"] <= 1 and r["auc"] == "" for r in rows)
+    recorded = json.loads((tmp_path / "out" / "pretrain" / "spark" / "config.json").read_text())
+    assert recorded["config_files"] == ["train.json", "train_3d.json"]
+    encoder = torch.load(tmp_path / "out" / "pretrain" / "spark" / "models" / "encoder.pt", weights_only=True)
+    assert encoder["conv1.weight"].shape == (64, 1, 7, 7, 7)  # MONAI's 3D ResNet18 stem
+    run = tmp_path / "out" / Run("spark", "organ_seg", "finetune", 1.0, 0).folder
+    settings = json.loads((run / "models" / "model.json").read_text())["settings"]
+    assert settings["spatial_dims"] == 3 and settings["patch_size"] == [32, 32, 16]
+    assert "--patch_size [32, 32, 16]" in " ".join(_cli(json.loads((run / "config.json").read_text())["overrides"]))
+    assert "## organ_seg: finetune (test mean Dice, 1 seed)" in (tmp_path / "out" / "summary.md").read_text()
+    # a finished 3D run is another run than a 2D one with the same ids: the overlay's hash is in its identity
+    assert "train_3d_sha256" in json.loads((run / "done.json").read_text())["identity"]
+    with pytest.raises(ValueError, match="3D study .* segmentation tasks only"):
+        type(config)(**{**small, "tasks": {"covid": {"dataset_dir": "x", "class_names": ["a", "b"]}}})

@@ -4,7 +4,7 @@ their shared source, and packing a bundle for sharing."""
 from medssl_monai.bundle.compose import compose_config, composed_pretrain_configs
 from medssl_monai.bundle.defaults import demo_data_dir, demo_encoder
 from medssl_monai.bundle.pack import pack_bundle
-from medssl_monai.bundle.roots import bundle_root, demo_root
+from medssl_monai.bundle.roots import bundle_default, bundle_root, demo_root
 
-__all__ = ["bundle_root", "compose_config", "composed_pretrain_configs", "demo_data_dir", "demo_encoder", "demo_root",
+__all__ = ["bundle_default", "bundle_root", "compose_config", "composed_pretrain_configs", "demo_data_dir", "demo_encoder", "demo_root",
            "pack_bundle"]

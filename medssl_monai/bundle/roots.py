@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-__all__ = ["SOURCE_ROOT", "bundle_root", "demo_root"]
+__all__ = ["SOURCE_ROOT", "bundle_default", "bundle_root", "demo_root"]
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
 
@@ -21,6 +22,15 @@ def bundle_root(name: str) -> str:
             return str(candidate)
     raise FileNotFoundError(f"bundle {name!r} not found under {SOURCE_ROOT / 'bundles'} or ./bundles; "
                             "pass --bundle_root PATH")
+
+
+def bundle_default(name: str, key: str):
+    """The value of top-level id ``key`` in bundle ``name``'s ``configs/train.json`` (its default)."""
+    config = Path(bundle_root(name)) / "configs" / "train.json"
+    content = json.loads(config.read_text())
+    if key not in content:
+        raise KeyError(f"{config} has no top-level id {key!r}")
+    return content[key]
 
 
 def demo_root() -> Path:

@@ -27,6 +27,7 @@ _DEMO_ORGANS = {"dataset_dir": "{demo}/organ_mnist.npz", "layout": "medmnist", "
 # organ segmentation of the pool's validation and test scans (9 organs, 11 test patients), fine-tuned from the
 # 90 training scans' label maps at the given share of patients
 _DEMO_ORGAN_SEG = {"kind": "segmentation", "dataset_dir": "{demo}", "window": "lung"}
+PRETRAIN_STEPS, FINETUNE_STEPS = 800, 300  # of the demo_3d preset, batches of 2 patches
 
 PRESETS: dict[str, dict] = {
     # the tests' study: two methods, two fractions, two seeds, the three protocols, ResNet18 at 64 px
@@ -64,6 +65,28 @@ PRESETS: dict[str, dict] = {
                      "swav": {"local_size": 32, "num_local_views": 2}},
         "finetune": {"overrides": {"max_epochs": 3, "freeze_epochs": 1, "backbone": "resnet18", "batch_size": 32,
                                    "lr": 1e-3, "num_workers": 0, "n_bootstrap": 200, "figures": False}},
+    },
+    # the volumetric arm on the embedded demo (spatial_dims 3: every bundle run with its train_3d.json overlay): 3D
+    # SparK and 3D MoCo v2 against a 3D scratch U-Net on organ segmentation at three label fractions, MONAI's 3D
+    # ResNet18. What is given up to fit in under an hour on 2 CPU cores (measured on 2026-12-05 with the cores to
+    # itself: a step of 3D SparK 1.4 s, of 3D MoCo 0.3 s, of the 3D U-Net 0.5 s, and 16 s a run for start-up,
+    # sliding-window validation and test):
+    # - volumes resampled to 6 mm voxels (about 65 x 65 x 24) and patches of 32 x 32 x 16 voxels (half the chest's
+    #   width), batches of 2; pre-training PRETRAIN_STEPS steps a method (1,600 patches: 18 per training scan);
+    # - fine-tuning FINETUNE_STEPS steps at every fraction (a scratch U-Net reaches a test Dice of 0.35 with all
+    #   labels), three fractions, one seed (intervals cover the 11 test patients, not the draw of the labelled
+    #   patients), validated once at the end; whole test volumes by sliding windows of the patch size.
+    "demo_3d": {
+        "spatial_dims": 3, "methods": ["scratch", "spark", "moco"], "fractions": [1.0, 0.25, 0.05], "seeds": [0],
+        "protocols": ["finetune"],
+        "tasks": {"organ_seg": {**_DEMO_ORGAN_SEG, "patch_size": [32, 32, 16], "spacing": [6.0, 6.0, 6.0],
+                                "max_epochs": 1, "samples_per_epoch": 2 * FINETUNE_STEPS, "batch_size": 2,
+                                "freeze_epochs": 0, "val_interval": 1}},
+        "pretrain": {"dataset_dir": "{demo}", "overrides": {"backbone": "resnet18", "patch_size": [32, 32, 16],
+                                                             "spacing": [6.0, 6.0, 6.0], "batch_size": 2,
+                                                             "max_epochs": 1, "samples_per_epoch": 2 * PRETRAIN_STEPS}},
+        "finetune": {"overrides": {"backbone": "resnet18", "lr": 1e-3, "num_workers": 0, "n_bootstrap": 200,
+                                   "figures": False}},
     },
     # the reference study's settings, for a GPU with LIDC-IDRI (prepare-dicom output) and its downstream sets
     "paper": {
@@ -108,7 +131,9 @@ class StudyConfig:
     subsets (a task of ``kind: segmentation`` is fine-tuned by ct_segmentation, its labelled subsets whole
     patients); ``pretrain.overrides`` and ``finetune.overrides`` are bundle ids (``--max_epochs 2`` as ``max_epochs: 2``);
     per-method ``pretrain.<method>`` dicts add to them. A task's entries are its bundle's ids, except ``kind`` and
-    ``seeds`` (the seeds of that task, when not the study's: a costly task may run fewer)."""
+    ``seeds`` (the seeds of that task, when not the study's: a costly task may run fewer). ``spatial_dims`` 3
+    makes a volumetric study: every bundle run composes its ``train_3d.json`` overlay on ``train.json`` (volume
+    patches, MONAI's 3D ResNet, the 3D U-Net), so its tasks are segmentation tasks."""
 
     methods: list[str]
     fractions: list[float]
@@ -118,8 +143,11 @@ class StudyConfig:
     pretrain: dict = field(default_factory=dict)
     finetune: dict = field(default_factory=dict)
     external: dict[str, str] = field(default_factory=dict)
+    spatial_dims: int = 2
 
     def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; expected some of {', '.join(METHODS)} (external encoders "
@@ -150,6 +178,9 @@ class StudyConfig:
             if "dataset_dir" not in task or (kind == "classification" and "class_names" not in task):
                 raise ValueError(f"task {name!r} needs dataset_dir" + (" and class_names" if kind == "classification"
                                                                         else " (a datalist with label volumes)"))
+            if self.spatial_dims == 3 and kind != "segmentation":
+                raise ValueError(f"task {name!r}: a 3D study (spatial_dims 3) evaluates segmentation tasks only, "
+                                 f"not {kind} (the classification bundle is 2D)")
             if kind == "segmentation" and "finetune" not in self.protocols:
                 raise ValueError(f"task {name!r} is a segmentation task, which only the finetune protocol evaluates; "
                                  "add finetune to protocols")
@@ -159,6 +190,12 @@ class StudyConfig:
         """The data the study reads: the pre-training collection and each task's labelled set."""
         return [str(d) for d in [self.pretrain.get("dataset_dir"), *(t["dataset_dir"] for t in self.tasks.values())]
                 if d is not None]
+
+    @property
+    def config_files(self) -> list[str]:
+        """The config files of every bundle run, in a bundle's ``configs/``: ``train.json``, then the 3D overlay
+        of a volumetric study."""
+        return ["train.json"] + (["train_3d.json"] if self.spatial_dims == 3 else [])
 
     def bundle(self, task: str) -> str:
         """The bundle that evaluates on ``task``."""

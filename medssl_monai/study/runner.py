@@ -2,7 +2,8 @@
 task, protocol, fraction, seed), each run in its own folder with its overrides, log and metrics (a
 classification task with ct_classification, a segmentation task with ct_segmentation).
 
-Every run is a run of a bundle's ``train.json`` with the overrides its ``config.json`` records, executed by
+Every run is a run of a bundle's ``train.json`` (with its ``train_3d.json`` overlay in a 3D study) with the overrides
+its ``config.json`` records, executed by
 MONAI's bundle parser in this process (one Python start-up, about 10 s, for the whole study instead of one per
 run). ``--protocol finetune`` runs train and test; the frozen protocols (``linear``, ``knn``) of one encoder,
 task and seed share one parse of the bundle and one feature pass (its ``probe#evaluator`` with a feature
@@ -23,7 +24,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -104,28 +105,32 @@ def _drop_handlers_on(stream) -> None:
                 logger.removeHandler(h)
 
 
-def _parser(bundle: str, overrides: dict):
-    """MONAI's parser of ``bundle``'s train.json and metadata with ``overrides`` applied, as ``monai.bundle run``
-    builds it."""
+def _config_paths(bundle: str, config_files: Sequence[str]) -> list[Path]:
+    """The paths of ``config_files`` (names in ``bundle``'s ``configs/``), in the order they are merged."""
+    return [Path(bundle_root(bundle)) / "configs" / name for name in config_files]
+
+
+def _parser(bundle: str, overrides: dict, config_files: Sequence[str] = ("train.json",)):
+    """MONAI's parser of ``bundle``'s ``config_files`` (merged in order, as ``monai.bundle run --config_file
+    "[...]"`` merges them) and metadata with ``overrides`` applied, as ``monai.bundle run`` builds it."""
     from monai.bundle import ConfigParser
 
-    configs = Path(bundle_root(bundle)) / "configs"
     parser = ConfigParser()
-    parser.read_config(configs / "train.json")
-    parser.read_meta(configs / "metadata.json")
+    parser.read_config([str(p) for p in _config_paths(bundle, config_files)])
+    parser.read_meta(Path(bundle_root(bundle)) / "configs" / "metadata.json")
     parser.update(overrides)
     return parser
 
 
-def run_bundle(bundle: str, overrides: dict, folder: Path) -> float:
-    """Run ``bundle``'s train.json (initialize, run, finalize) with ``overrides`` in this process, logging to
+def run_bundle(bundle: str, overrides: dict, folder: Path, config_files: Sequence[str] = ("train.json",)) -> float:
+    """Run ``bundle``'s ``config_files`` (initialize, run, finalize) with ``overrides`` in this process, logging to
     ``folder/run.log``; seconds taken. A failure is a :class:`StudyError` naming the log."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "config.json", {"bundle": bundle, "overrides": overrides})
+    write_json(folder / "config.json", {"bundle": bundle, "config_files": list(config_files), "overrides": overrides})
     start = time.perf_counter()
     try:
         with _logged(folder / "run.log"):
-            parser = _parser(bundle, overrides)
+            parser = _parser(bundle, overrides, config_files)
             for section in ("initialize", "run", "finalize"):
                 if section in parser:
                     parser.get_parsed_content(section)
@@ -167,12 +172,13 @@ class Study:
             return str(self.config.external[arm])
         return str(self.out / "pretrain" / arm / "models" / "encoder.pt")
 
-    @staticmethod
-    def _identity(bundle: str, overrides: dict) -> dict:
-        """What defines a bundle run of the study: the bundle, the SHA-256 of its ``train.json`` (a changed default
+    def _identity(self, bundle: str, overrides: dict) -> dict:
+        """What defines a bundle run of the study: the bundle, the SHA-256 of its config files (a changed default
         is another run), its overrides and the starting weights' hash."""
-        config = Path(bundle_root(bundle)) / "configs" / "train.json"
-        identity = json.loads(json.dumps({"bundle": bundle, "config_sha256": file_sha256(config), **overrides}))
+        files = _config_paths(bundle, self.config.config_files)
+        hashes = {"config_sha256": file_sha256(files[0])}  # train.json's, as 2D studies have always recorded it
+        hashes.update({f"{p.stem}_sha256": file_sha256(p) for p in files[1:]})  # train_3d_sha256
+        identity = json.loads(json.dumps({"bundle": bundle, **hashes, **overrides}))
         if overrides.get("pretrained_checkpoint", "none") != "none":
             identity["pretrained_sha256"] = file_sha256(overrides["pretrained_checkpoint"])
         return identity
@@ -216,11 +222,14 @@ class Study:
         return overrides
 
     def plan(self) -> list[str]:
-        """Every bundle run the study would make, one line each (bundle, folder, ids), without running any."""
-        lines = [f"pretrain {m}: {m}_pretrain in {self.out / 'pretrain' / m}: " + " ".join(_cli(self.pretrain_overrides(m)))
-                 for m in self.config.methods if m != "scratch"]
-        lines += [f"{r.protocol} {r.arm} {r.task} fraction {r.fraction:g} seed {r.seed}: {self.config.bundle(r.task)} "
-                  f"in {self.out / r.folder}: " + " ".join(_cli(self.finetune_overrides(r))) for r in self.runs()]
+        """Every bundle run the study would make, one line each (bundle, its overlay, folder, ids), without running
+        any."""
+        overlay = "".join(f" + {name}" for name in self.config.config_files[1:])
+        lines = [f"pretrain {m}: {m}_pretrain{overlay} in {self.out / 'pretrain' / m}: "
+                 + " ".join(_cli(self.pretrain_overrides(m))) for m in self.config.methods if m != "scratch"]
+        lines += [f"{r.protocol} {r.arm} {r.task} fraction {r.fraction:g} seed {r.seed}: {self.config.bundle(r.task)}"
+                  f"{overlay} in {self.out / r.folder}: " + " ".join(_cli(self.finetune_overrides(r)))
+                  for r in self.runs()]
         return lines
 
     def pretrain(self, method: str) -> None:
@@ -230,7 +239,7 @@ class Study:
         if self._finished(folder, identity) is not None:
             return
         logger.info(f"pre-training {method} in {folder}")
-        seconds = run_bundle(f"{method}_pretrain", overrides, folder)
+        seconds = run_bundle(f"{method}_pretrain", overrides, folder, self.config.config_files)
         write_json(folder / DONE, {"method": method, "seconds": round(seconds, 1), "encoder": self.encoder(method),
                                    "identity": identity})
 
@@ -258,7 +267,7 @@ class Study:
         done = self._finished(folder, identity)
         if done is not None:
             return {k: v for k, v in done.items() if k != "identity"}
-        seconds = run_bundle(bundle, overrides, folder)
+        seconds = run_bundle(bundle, overrides, folder, self.config.config_files)
         return self._row(run, seconds, identity)
 
     def frozen(self, runs: list[Run]) -> list[dict]:
