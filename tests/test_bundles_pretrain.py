@@ -207,10 +207,11 @@ def test_export_encoder_command_from_a_checkpoint(tiny_run, tmp_path):
     assert main(["export-encoder", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "x.pt")]) == 2
 
 
-def _ddp_command(method, demo_dir, ckpt, *extra):
-    """Two gloo ranks of ``method``'s multi_gpu_train.json through torchrun, with the suite's small settings."""
+def _ddp_command(method, demo_dir, ckpt, *extra, overlays=()):
+    """Two gloo ranks of ``method``'s multi_gpu_train.json (after ``overlays`` of its configs, e.g. train_3d.json)
+    through torchrun, with the suite's small settings."""
     configs = _bundle(method) / "configs"
-    configs = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
+    configs = "[" + ",".join(f"'{configs / name}'" for name in ("train.json", *overlays, "multi_gpu_train.json")) + "]"
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
             "--config_file", configs, "--dataset_dir", str(demo_dir), "--ckpt_dir", str(ckpt), "--log_dir",
             str(ckpt / "logs"), "--backbone", "resnet18", "--image_size", "64", "--num_workers", "0", "--max_epochs",
@@ -234,6 +235,21 @@ def test_two_process_moco_run_with_gloo_shares_its_queue(demo_dir, tmp_path):
     # keys of both ranks enqueued: 2 iterations x 2 ranks x 4 keys into a queue of 12
     assert int(state["network"]["queue_ptr"]) == 16 % 12
     _assert_only_fc_missing(torchvision.models.resnet18().load_state_dict(
+        torch.load(ckpt / "encoder.pt", weights_only=True), strict=False))
+
+
+def test_two_process_3d_spark_run_with_gloo_shards_the_patches(demo_dir, tmp_path):
+    """The 3D overlay under torchrun: 2 gloo ranks share an epoch of 8 volume patches (2 iterations of 2 on each
+    rank), the checkpoint is saved unwrapped and the encoder loads into MONAI's stock 3D ResNet18."""
+    import monai.networks.nets
+
+    ckpt = tmp_path / "ckpt"
+    _ddp(_ddp_command("spark", demo_dir, ckpt, "--batch_size", "2", "--patch_size", "[32,32,32]", "--spacing",
+                      "[6,6,6]", "--samples_per_epoch", "8", overlays=("train_3d.json",)), tmp_path)
+    state = torch.load(ckpt / "checkpoint_2.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 and state["identity"]["world_size"] == 2
+    assert state["identity"]["spatial_dims"] == 3 and not any(k.startswith("module.") for k in state["network"])
+    _assert_only_fc_missing(monai.networks.nets.resnet18(spatial_dims=3, n_input_channels=1).load_state_dict(
         torch.load(ckpt / "encoder.pt", weights_only=True), strict=False))
 
 

@@ -47,6 +47,9 @@ PRESETS: dict[str, dict] = {
     # - pre-training: one epoch over every 2nd slice of the pool (2,160 slices, 270 steps of 8 at 64 px, about
     #   3 min a method); SwAV with 2 local views of 32 px instead of 6 (its step costs about that of the others).
     #   This is a short schedule: the methods are compared at equal steps on equal data, far from convergence.
+    # - windows: pre-training and the COVID-like task in the lung window; the organ patches are 8-bit, fixed at
+    #   -1000..1000 HU when made, like OrganSMNIST's (one window for all cost the COVID-like task and did not help
+    #   the organs' frozen protocols: docs/results/demo/README.md).
     # - fine-tuning: 3 epochs (the first with the backbone frozen) at lr 1e-3, COVID-like images at 64 px and
     #   organ patches at 32 px; with 5 % of the labels that is 3 optimiser steps. The frozen protocols (linear,
     #   k-NN) cost seconds and carry most of the evidence at small label fractions.
@@ -68,9 +71,9 @@ PRESETS: dict[str, dict] = {
     },
     # the volumetric arm on the embedded demo (spatial_dims 3: every bundle run with its train_3d.json overlay): 3D
     # SparK and 3D MoCo v2 against a 3D scratch U-Net on organ segmentation at three label fractions, MONAI's 3D
-    # ResNet18. What is given up to fit in under an hour on 2 CPU cores (measured on 2026-12-05 with the cores to
-    # itself: a step of 3D SparK 1.4 s, of 3D MoCo 0.3 s, of the 3D U-Net 0.5 s, and 16 s a run for start-up,
-    # sliding-window validation and test):
+    # ResNet18, in 46 min 6 s from a fresh clone on 2 CPU cores (2026-12-05, docs/results/demo_3d; a step of 3D
+    # SparK took 1.0 s, of 3D MoCo 0.35 s, a fine-tuning run 3 min with its validation and test). What is given
+    # up for that:
     # - volumes resampled to 6 mm voxels (about 65 x 65 x 24) and patches of 32 x 32 x 16 voxels (half the chest's
     #   width), batches of 2; pre-training PRETRAIN_STEPS steps a method (1,600 patches: 18 per training scan);
     # - fine-tuning FINETUNE_STEPS steps at every fraction (a scratch U-Net reaches a test Dice of 0.35 with all

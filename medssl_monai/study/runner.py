@@ -2,12 +2,12 @@
 task, protocol, fraction, seed), each run in its own folder with its overrides, log and metrics (a
 classification task with ct_classification, a segmentation task with ct_segmentation).
 
-Every run is a run of a bundle's ``train.json`` (with its ``train_3d.json`` overlay in a 3D study) with the overrides
-its ``config.json`` records, executed by
-MONAI's bundle parser in this process (one Python start-up, about 10 s, for the whole study instead of one per
-run). ``--protocol finetune`` runs train and test; the frozen protocols (``linear``, ``knn``) of one encoder,
-task and seed share one parse of the bundle and one feature pass (its ``probe#evaluator`` with a feature
-cache), then evaluate each labelled subset: what ``python -m monai.bundle run`` with that run's overrides gives.
+Every run is a run of a bundle's ``train.json`` (with its ``train_3d.json`` overlay in a 3D study) with the
+overrides its ``config.json`` records, executed by MONAI's bundle parser in this process (one Python start-up,
+about 10 s, for the whole study instead of one per run). ``--protocol finetune`` runs train and test; the frozen
+protocols (``linear``, ``knn``) of one encoder, task and seed share one parse of the bundle and one feature pass
+(its ``probe#evaluator`` with a feature cache), then evaluate each labelled subset: what ``python -m monai.bundle
+run`` with that run's overrides gives.
 
 Resumable: a run's ``done.json`` is written only after the bundle succeeded, so a killed study started again
 skips every finished run, and the interrupted one continues from its own last checkpoint (the bundles resume).
