@@ -5,8 +5,8 @@ methods' papers for batches of 256-4096 and hundreds of epochs. The demo pre-tra
 hundred steps, where that rule leaves the encoder close to its initialisation. This script pre-trains each method
 with the demo preset's settings at ``base_lr`` times each multiplier and scores the encoder by k-NN accuracy (the
 study's k and temperature) of the validation images against all training images of each classification task
-of the preset, beside the random encoder. The multiplier with the best mean over the tasks (of the first column) is the one to put in
-the preset; the test split is not read.
+of the preset, beside the random encoder. The multiplier with the best mean over the tasks (of the first column)
+is the one to put in the preset; the test split is not read.
 
 Beside each score it prints a diagnostic, not a protocol: the same k-NN after the encoder's batch-norm running
 statistics were re-estimated on the task's training images (no labels, weights unchanged; AdaBN, Li et al.

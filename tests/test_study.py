@@ -348,7 +348,8 @@ def test_a_3d_study_composes_the_overlays_and_compares_by_patient_dice(demo_dir,
     from medssl_monai.study.runner import Run, _cli
 
     config = load_study_config(preset="demo_3d", demo_dir=str(demo_dir))
-    assert config.config_files == ["train.json", "train_3d.json"] and set(config.methods) == {"scratch", "spark", "moco"}
+    assert config.config_files == ["train.json", "train_3d.json"]
+    assert set(config.methods) == {"scratch", "spark", "moco"}
     small = {**config.to_dict(), "methods": ["scratch", "spark"], "fractions": [1.0]}
     small["pretrain"]["overrides"].update(samples_per_epoch=2, num_workers=0)
     small["tasks"]["organ_seg"].update(samples_per_epoch=2)

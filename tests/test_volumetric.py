@@ -27,6 +27,18 @@ def test_patches_are_windowed_resampled_and_seeded_per_sample(patches):
         volume_patch_dataset(patches.data, (32, 32))
 
 
+@pytest.mark.parametrize("cache", ["disk", "none"])
+def test_patches_are_the_same_whatever_the_cache(patches, cache, tmp_path):
+    """The 3D bundles' ``cache`` id: a volume resampled and windowed once into ``cache_dir`` (MONAI's
+    PersistentDataset, one file a volume, so memory does not grow with the archive) or not kept at all gives the
+    patches the in-memory cache gives, sample seed for sample seed."""
+    other = volume_patch_dataset(patches.data[:2], (32, 32, 32), window="lung", spacing=[4, 4, 4], cache=cache,
+                                 cache_dir=tmp_path / "store")
+    for item in [(0, 7), (1, 3)]:
+        assert torch.equal(other[item]["image"], patches[item]["image"])
+    assert len(list((tmp_path / "store").glob("*.pt"))) == (2 if cache == "disk" else 0)
+
+
 def test_spark_3d_learns_from_a_batch_of_patches(patches):
     """A loader of seeded patches feeds 3D SparK (MONAI's ResNet18): the loss is finite and falls on the batch."""
     loader = torch.utils.data.DataLoader(patches, batch_size=2, sampler=ResumableSampler(patches, seed=0))
