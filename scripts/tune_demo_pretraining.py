@@ -48,15 +48,17 @@ def validation_knn(study: Study, arm: str, task: str) -> dict[str, float]:
     parser.get_parsed_content("load_pretrained")
     probe = parser.get_parsed_content("probe#evaluator")
     train, val = probe.datasets["train"], probe.datasets["val"]
-    scores = {}
-    for name in ("knn", "knn_bn"):
-        if name == "knn_bn":
-            batches = DataLoader(train, batch_size=64)
-            images = (torch.as_tensor(getattr(b["image"], "as_tensor", lambda: b["image"])()) for b in batches)
-            update_bn(images, probe.network)  # (B, C, H, W) batches, running statistics as a cumulative mean
+
+    def accuracy() -> float:
         (train_x, train_y, _), (val_x, val_y, _) = encode(probe.network, train), encode(probe.network, val)
         predicted = knn_predict(train_x, train_y, val_x, len(probe.class_names), probe.k, probe.temperature)
-        scores[name] = float((predicted == val_y).float().mean())
+        return float((predicted == val_y).float().mean())
+
+    scores = {"knn": accuracy()}
+    batches = DataLoader(train, batch_size=64)
+    images = (torch.as_tensor(getattr(b["image"], "as_tensor", lambda: b["image"])()) for b in batches)
+    update_bn(images, probe.network)  # (B, C, H, W) batches; running statistics as a cumulative mean
+    scores["knn_bn"] = accuracy()
     return scores
 
 
