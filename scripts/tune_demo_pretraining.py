@@ -11,9 +11,9 @@ is the one to put in the preset; the test split is not read.
 Beside each score it prints a diagnostic, not a protocol: the same k-NN after the encoder's batch-norm running
 statistics were re-estimated on the task's training images (no labels, weights unchanged; AdaBN, Li et al.
 2016). A pre-trained encoder carries the statistics of the pre-training slices into the frozen protocols; where
-the task's images differ from those slices (the organ patches: another HU window, 2-3 times the
-magnification), the gap between the two columns is what that shift costs. The random encoder's statistics are
-its initial ones (mean 0, variance 1), so the shift does not apply to it in the same way.
+the task's images differ from those slices (the organ patches: crops at 2-3 times the magnification), the gap
+between the two columns is what that shift costs. The random encoder's statistics are its initial ones (mean
+0, variance 1), so the shift does not apply to it in the same way.
 
 Usage: python scripts/tune_demo_pretraining.py --out demo_tuning [--multipliers 1 4 16] [--methods spark moco]
 Prints a Markdown table and writes ``tuning.json`` in ``--out``; finished pre-trainings are reused.

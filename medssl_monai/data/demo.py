@@ -31,7 +31,7 @@ from scipy import ndimage
 from medssl_monai.data import dicom
 from medssl_monai.data.nifti import lps_affine, write_ct_nifti, write_label_nifti
 from medssl_monai.data.synthetic import LUNG_TISSUES, ORGAN_LABELS, ChestPhantom, Scanner, Tissue, generate_patient
-from medssl_monai.data.transforms import PNG_HU_OFFSET
+from medssl_monai.data.transforms import HU_WINDOWS, PNG_HU_OFFSET
 from medssl_monai.utils import atomic_path, write_json
 
 __all__ = ["make_demo_data", "ensure_demo_data", "demo_data_version", "DEMO_VERSION", "ORGAN_CLASSES", "COVID_CLASSES",
@@ -39,12 +39,12 @@ __all__ = ["make_demo_data", "ensure_demo_data", "demo_data_version", "DEMO_VERS
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = 3  # of the generator's output: 2 = learnable COVID-like task, 5,376-slice pool, 128 px; 3 = organ
+DEMO_VERSION = 4  # of the generator's output: 2 = learnable COVID-like task, 5,376-slice pool, 128 px; 3 = organ
 # label volumes and a test split of the pool (its images, the classification sets and pre-training's "training"
-# list unchanged)
+# list unchanged); 4 = organ patches in the lung window, pre-training's (everything else unchanged)
 
 INCOMPLETE = ".demo_incomplete"  # present while a collection is being written
-ORGAN_WINDOW = (-1000.0, 1000.0)  # HU range mapped to 0..255 in the organ patches
+ORGAN_WINDOW = HU_WINDOWS["lung"]  # HU range mapped to 0..255 in the organ patches: pre-training's window
 COVID_CLASSES = ("NonCOVID", "COVID")  # label 0, label 1
 ORGAN_CLASSES = (
     "heart", "aorta", "vertebra", "rib", "sternum", "airway", "lung", "pulmonary_vessel", "muscle", "fat", "liver",
@@ -76,7 +76,8 @@ follow what was drawn last where structures meet. Pre-training reads only the im
 `validation` and `test` (10 % of the patients each) are never pre-trained on.
 
 **organ_mnist.npz** (11 classes, MedMNIST layout): 28 x 28 patches centred (jitter +-3 pixels) on a random
-pixel of one structure, with a random field of view (18-30% of the scan's), HU window -1000..1000 to 0..255.
+pixel of one structure, with a random field of view (18-30% of the scan's), the lung window (-1350..150 HU, the
+window of pre-training and of the COVID-like task) mapped to 0..255, so bone and marrow are saturated white.
 Classes: heart, aorta, vertebra, rib, sternum, airway, lung (parenchyma, no vessel at the centre), pulmonary
 vessel, muscle, fat, liver. Heart, aorta, muscle and liver share soft-tissue HU; vertebra, rib and sternum
 share bone HU; lung, airway and pulmonary vessel share the lung's surroundings: classes differ by shape

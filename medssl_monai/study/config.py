@@ -47,9 +47,8 @@ PRESETS: dict[str, dict] = {
     # - pre-training: one epoch over every 2nd slice of the pool (2,160 slices, 270 steps of 8 at 64 px, about
     #   3 min a method); SwAV with 2 local views of 32 px instead of 6 (its step costs about that of the others).
     #   This is a short schedule: the methods are compared at equal steps on equal data, far from convergence.
-    # - windows: pre-training and the COVID-like task in the lung window; the organ patches are 8-bit, fixed at
-    #   -1000..1000 HU when made, like OrganSMNIST's (one window for all cost the COVID-like task and did not help
-    #   the organs' frozen protocols: docs/results/demo/README.md).
+    # - windows: pre-training and both tasks in the lung window (the organ patches are 8-bit, windowed when made;
+    #   -1000..1000 for all cost the COVID-like task: docs/results/demo/README.md).
     # - fine-tuning: 3 epochs (the first with the backbone frozen) at lr 1e-3, COVID-like images at 64 px and
     #   organ patches at 32 px; with 5 % of the labels that is 3 optimiser steps. The frozen protocols (linear,
     #   k-NN) cost seconds and carry most of the evidence at small label fractions.
