@@ -247,6 +247,23 @@ def test_demo_organ_patches_are_split_by_patient(demo_dir):
     assert all(len(organ[f"{s}_patients"]) == len(organ[f"{s}_labels"]) for s in patients)
 
 
+def test_demo_organ_patches_are_in_the_window_of_pre_training(demo_dir):
+    """The organ patches, read back through the pre-training bundles' HU window, show each tissue's HU: the
+    tasks and pre-training see one window (bone, above it, saturated)."""
+    from medssl_monai.bundle import bundle_default
+
+    lo, hi = resolve_window(bundle_default("spark_pretrain", "window"))
+    organ = np.load(demo_dir / "organ_mnist.npz")
+    hu = organ["train_images"].astype(np.float64) / 255 * (hi - lo) + lo  # (N, 28, 28)
+    labels = organ["train_labels"].ravel()
+    centre = np.median(hu[:, 12:16, 12:16].reshape(len(hu), -1), axis=1)  # (N,)
+    expected = {"lung": (-900, -700), "fat": (-130, -70), "muscle": (25, 70), "liver": (40, 75)}
+    for name, (low, high) in expected.items():
+        assert low <= np.median(centre[labels == ORGAN_CLASSES.index(name)]) <= high, name
+    for name in ("vertebra", "rib"):
+        assert np.median(centre[labels == ORGAN_CLASSES.index(name)]) == hi, name
+
+
 def test_demo_data_is_generated_again_only_when_its_generator_or_sizes_changed(tmp_path):
     from medssl_monai.data.demo import DEMO_VERSION, ensure_demo_data
 

@@ -40,19 +40,20 @@ PRESETS: dict[str, dict] = {
                                    "batch_size": 16, "n_bootstrap": 100, "figures": False}},
     },
     # the embedded demo: all methods, both classification tasks with the three protocols and organ segmentation,
-    # the paper's five fractions and 3 seeds (segmentation: 1), ResNet18, in under an hour on 2 CPU cores (56 min
-    # 26 s measured from a fresh clone on 2026-12-02 with the 2 cores shared part of the time, about 50 min alone;
-    # docs/results/demo).
+    # the paper's five fractions and 3 seeds (segmentation: 1), ResNet18, in under an hour on 2 CPU cores (36 min
+    # 53 s measured from a fresh clone on 2026-12-06, alone on the machine; docs/results/demo). Twice the
+    # pre-training (every slice) was measured on validation and did not lift the frozen protocols, so the
+    # remaining time is not spent on it.
     # What is given up for that:
-    # - pre-training: one epoch over every 2nd slice of the pool (2,160 slices, 270 steps of 8 at 64 px, about
-    #   3 min a method); SwAV with 2 local views of 32 px instead of 6 (its step costs about that of the others).
+    # - pre-training: one epoch over every 2nd slice of the pool (2,160 slices, 270 steps of 8 at 64 px, 1-2 min
+    #   a method); SwAV with 2 local views of 32 px instead of 6 (its step costs about that of the others).
     #   This is a short schedule: the methods are compared at equal steps on equal data, far from convergence.
     # - windows: pre-training and both tasks in the lung window (the organ patches are 8-bit, windowed when made;
     #   -1000..1000 for all cost the COVID-like task: docs/results/demo/README.md).
     # - fine-tuning: 3 epochs (the first with the backbone frozen) at lr 1e-3, COVID-like images at 64 px and
     #   organ patches at 32 px; with 5 % of the labels that is 3 optimiser steps. The frozen protocols (linear,
     #   k-NN) cost seconds and carry most of the evidence at small label fractions.
-    # - organ segmentation (fine-tuning only): one seed, not three (a run costs about 35 s, against 10 s for a
+    # - organ segmentation (fine-tuning only): one seed, not three (a run costs about 30 s, against 2-10 s for a
     #   classification run); scans resampled to 6 mm pixels (about 64 px a slice, the scale pre-training saw at
     #   64 px) for validation and test as well as training; 2 epochs of 240 slices in batches of 8 (60 steps
     #   at every fraction), no frozen warm-up, validated once at the end (the best model is the last).
