@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
-import pytest
+# One thread for torch (OpenMP) in each pytest-xdist worker and in every process a test starts: the workers share
+# the machine's cores, and two OpenMP pools spinning on the same 2 cores made a 5 s test take 68 s
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
-from medssl_monai.data.demo import make_demo_data
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from medssl_monai.data.demo import make_demo_data  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
