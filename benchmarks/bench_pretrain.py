@@ -4,8 +4,9 @@ The peer of MoCo v2, BYOL and SwAV is the same method assembled from lightly's m
 examples do (``pip install -e ".[test]"`` brings lightly); SparK's is the official SparK (``--spark_repo``, a
 checkout of github.com/keyu-tian/SparK: its sparse encoder on timm's ResNet and its light decoder, 3 channels
 as it is written for), or without one a plain supervised step of the backbone. Each method's compute ideal is
-measured in every run: a supervised step divided by the method's backbone passes (:func:`passes`), and for
-SparK its own encoder, projections and decoder run densely, without masking (:func:`_dense_spark`). Each
+measured in every run (:data:`IDEALS`): a supervised step divided by the method's backbone passes
+(:func:`passes`); for SwAV a supervised step over its own 2 global and 6 local crops (:func:`_supervised_views`);
+for SparK its own encoder, projections and decoder run densely, without masking (:func:`_dense_spark`). Each
 measurement runs in its own process (so peak memory is its own), the kinds alternating over the rounds; prints the median images/s of each with its
 range (images = samples of the batch, whatever the number of views), the ratios, and peak memory (CUDA peak
 allocation on a GPU, process max RSS on CPU). Inputs are random tensors of each method's view shapes, so only
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import multiprocessing as mp
 import resource
 import sys
@@ -51,14 +53,18 @@ class Setting:
     spark_repo: str | None = None
 
 
-def passes(method: str, dims: int) -> float:
-    """The backbone work of one step of ``method`` in supervised steps (one forward + backward of a batch at the
-    full size; a forward alone counts 1/3, as a backward costs about two forwards): its compute ideal is the
-    supervised rate divided by this. MoCo v2: the query's forward + backward and the key's forward (4/3);
-    BYOL: both views through the online network and both through the target (8/3); SwAV: 2 global and 6
-    local crops forward + backward, a local crop costing its share of the pixels; SparK: one pass of its
-    encoder and decoder, whose ideal is therefore measured directly as the unmasked step (:func:`_dense_spark`)."""
-    return {"spark": 1.0, "moco": 4 / 3, "byol": 8 / 3, "swav": 2 + 6 * LOCAL_SIZE_RATIO ** dims}[method]
+# the kind whose step, divided by :func:`passes`, is a method's compute ideal
+IDEALS = {"spark": "dense", "moco": "supervised", "byol": "supervised", "swav": "supervised_views"}
+
+
+def passes(method: str) -> float:
+    """The backbone work of one step of ``method`` in steps of its ideal's kind (:data:`IDEALS`; a forward alone
+    counts 1/3 of a forward + backward, as a backward costs about two forwards). MoCo v2: the query's forward +
+    backward and the key's forward, in supervised steps on one view (4/3); BYOL: both views through the online
+    network and both through the target (8/3). SwAV: its 2 global and 6 local crops forward + backward, measured
+    as one supervised step over those very crops (1), since a small crop costs more than its share of the pixels
+    (fewer, smaller tensors per layer). SparK: one pass of its encoder and decoder, measured unmasked (1)."""
+    return {"moco": 4 / 3, "byol": 8 / 3}.get(method, 1.0)
 
 
 def _views(setting: Setting, device: torch.device) -> list[torch.Tensor]:
@@ -98,11 +104,22 @@ def _ours(setting: Setting):
     return model, lambda views: model(views)["loss"]
 
 
-def _supervised(setting: Setting):
-    """A plain supervised step: the backbone and a linear layer, cross-entropy, on the first view."""
+def _supervised(setting: Setting, all_views: bool = False):
+    """A plain supervised step: the backbone and a linear layer, cross-entropy, on the first view or, with
+    ``all_views``, on every view, the views of one size as one batch (as SwAV's ``embed`` batches them)."""
     net = torch.nn.Sequential(_backbone(setting), torch.nn.LazyLinear(2))
-    return net, lambda views: torch.nn.functional.cross_entropy(net(views[0]), torch.zeros(
-        len(views[0]), dtype=torch.long, device=views[0].device))
+
+    def loss(views: list[torch.Tensor]) -> torch.Tensor:
+        batches = [torch.cat(list(group)) for _, group in itertools.groupby(views, key=lambda v: v.shape[2:])]
+        out = [net(x) for x in (batches if all_views else views[:1])]  # (N, 2) per batch
+        return sum(torch.nn.functional.cross_entropy(o, torch.zeros(len(o), dtype=torch.long, device=o.device))
+                   for o in out)
+    return net, loss
+
+
+def _supervised_views(setting: Setting):
+    """A supervised step over every view of the method (SwAV's compute ideal)."""
+    return _supervised(setting, all_views=True)
 
 
 def _official_spark(setting: Setting):
@@ -211,13 +228,13 @@ def _dense_spark(setting: Setting):
     return model, loss
 
 
-BUILDERS = {"ours": _ours, "supervised": _supervised, "dense": _dense_spark, "lightly": _lightly,
-            "official": _official_spark}
+BUILDERS = {"ours": _ours, "supervised": _supervised, "supervised_views": _supervised_views, "dense": _dense_spark,
+            "lightly": _lightly, "official": _official_spark}
 
 
 def _measure(kind: str, setting: Setting, queue: mp.Queue) -> None:
-    """Time ``kind``: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on), ``supervised``, ``dense`` (SparK
-    unmasked), ``lightly`` or ``official``; puts (images/s, peak MiB, seconds of the first step)."""
+    """Time ``kind``: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on), ``supervised``,
+    ``supervised_views``, ``dense`` (SparK unmasked), ``lightly`` or ``official``; puts (images/s, peak MiB, seconds of the first step)."""
     from medssl_monai.optimizers import build_optimizer
     from medssl_monai.utils import channels_last_format, place
 
@@ -265,9 +282,8 @@ def peer_of(setting: Setting) -> str:
 def compare(setting: Setting, levers: list[str], rounds: int) -> dict[str, list[tuple[float, float, float]]]:
     """(images/s, peak MiB, seconds of the first step) of every kind over ``rounds``, each kind in a fresh
     process, the kinds alternating: ours, ours with each lever, the peer, and the compute ideal's step
-    (supervised; SparK: unmasked)."""
-    ideal = "dense" if setting.method == "spark" else "supervised"
-    kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer_of(setting), ideal])]
+    (:data:`IDEALS`)."""
+    kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer_of(setting), IDEALS[setting.method]])]
     return alternate(_measure, kinds, rounds, setting)
 
 
@@ -280,7 +296,7 @@ class Summary:
     peaks: dict[str, float]  # kind: highest peak MiB over the rounds
     firsts: dict[str, float]  # kind: slowest first step, seconds
     peer: str
-    passes: float  # the ideal's step count per step of ours (1 for SparK against its unmasked step)
+    passes: float  # the ideal's step count per step of ours (:func:`passes`)
     ideal: tuple[float, float, float]  # images/s: (median, lowest, highest) of the ideal's step / passes
     levers: dict[str, float]  # lever: rate with it / rate without
 
@@ -296,8 +312,8 @@ class Summary:
 def summarise(setting: Setting, results: dict[str, list[tuple[float, float, float]]]) -> Summary:
     """The medians, ranges and ratios of :func:`compare`'s results."""
     rates = {kind: median_range([v[0] for v in values]) for kind, values in results.items()}
-    count = 1.0 if setting.method == "spark" else passes(setting.method, setting.spatial_dims)
-    ideal = tuple(v / count for v in rates["dense" if setting.method == "spark" else "supervised"])
+    count = passes(setting.method)
+    ideal = tuple(v / count for v in rates[IDEALS[setting.method]])
     levers = {kind.partition("+")[2]: rates[kind][0] / rates["ours"][0] for kind in rates if "+" in kind}
     return Summary(setting, rates, {k: max(v[1] for v in vs) for k, vs in results.items()},
                    {k: max(v[2] for v in vs) for k, vs in results.items()}, peer_of(setting), count, ideal, levers)
@@ -327,8 +343,7 @@ def main() -> None:
         print(f"{kind:>20}: {rate:8.2f} {'patches' if setting.spatial_dims == 3 else 'images'}/s ({low:.2f}-{high:.2f}), "
               f"peak {summary.peaks[kind]:8.0f} {unit}, first step {summary.firsts[kind]:.1f} s")
     print(f"ratio ours/{summary.peer}: {summary.ours_over_peer:.2f}")
-    step = "dense (unmasked)" if setting.method == "spark" else "supervised"
-    print(f"compute ideal: {step} / {summary.passes:.2f} passes = {summary.ideal[0]:.2f}/s; "
+    print(f"compute ideal: {IDEALS[setting.method]} / {summary.passes:.2f} passes = {summary.ideal[0]:.2f}/s; "
           f"ratio ours/ideal: {summary.ours_over_ideal:.2f}")
     for lever, effect in summary.levers.items():
         print(f"effect of {lever}: {effect:.2f}x ours")
