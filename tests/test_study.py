@@ -178,6 +178,19 @@ def test_bad_study_configs_fail_clearly(tmp_path):
         load_study_config(tmp_path / "typo.yaml", demo_dir=str(tmp_path))
 
 
+def test_a_failed_bundle_run_names_its_first_cause_and_its_log(tmp_path):
+    """MONAI's config evaluation wraps what went wrong ("Failed to instantiate component ..."): the study's error
+    leads with the exception that started it."""
+    from medssl_monai.study import StudyError
+    from medssl_monai.study.runner import run_bundle
+
+    with pytest.raises(StudyError, match=r"spark_pretrain failed \(FileNotFoundError: datalist not found: "
+                                         r".*nowhere.datalist\.json; raised as RuntimeError: Failed to ") as error:
+        run_bundle("spark_pretrain", {"dataset_dir": str(tmp_path / "nowhere"), "backbone": "resnet18"},
+                   tmp_path / "run")
+    assert f"log: {tmp_path / 'run' / 'run.log'}" in str(error.value)
+
+
 def test_the_shipped_example_config_is_the_demo_preset(tmp_path):
     from pathlib import Path
 

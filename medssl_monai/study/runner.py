@@ -122,6 +122,17 @@ def _parser(bundle: str, overrides: dict, config_files: Sequence[str] = ("train.
     return parser
 
 
+def describe(err: BaseException) -> str:
+    """``Type: message`` of the exception that started ``err``'s chain (what MONAI's config evaluation and ignite
+    wrap: a full disk, a missing file), then of ``err`` itself where that is another."""
+    root, seen = err, {id(err)}
+    while (cause := root.__cause__ or root.__context__) is not None and id(cause) not in seen:
+        root = cause
+        seen.add(id(root))
+    text = f"{type(root).__name__}: {root}"
+    return text if root is err else f"{text}; raised as {type(err).__name__}: {str(err).strip()}"
+
+
 def run_bundle(bundle: str, overrides: dict, folder: Path, config_files: Sequence[str] = ("train.json",)) -> float:
     """Run ``bundle``'s ``config_files`` (initialize, run, finalize) with ``overrides`` in this process, logging to
     ``folder/run.log``; seconds taken. A failure is a :class:`StudyError` naming the log."""
@@ -137,7 +148,7 @@ def run_bundle(bundle: str, overrides: dict, folder: Path, config_files: Sequenc
             del parser
     except Exception as err:
         tail = (folder / "run.log").read_text().strip().splitlines()[-3:]
-        raise StudyError(f"{bundle} failed ({type(err).__name__}: {err}); log: {folder / 'run.log'}\n"
+        raise StudyError(f"{bundle} failed ({describe(err)}); log: {folder / 'run.log'}\n"
                          + "\n".join(tail)) from err
     finally:
         gc.collect()  # engines hold reference cycles: free the run's network, optimiser and data now
@@ -296,8 +307,8 @@ class Study:
                     probe = parser.get_parsed_content("probe#evaluator")
                     probe.features()
             except Exception as err:
-                raise StudyError(f"features of {runs[0].arm} on {runs[0].task} failed ({type(err).__name__}: "
-                                 f"{err}); log: {group_log}") from err
+                raise StudyError(f"features of {runs[0].arm} on {runs[0].task} failed ({describe(err)}); "
+                                 f"log: {group_log}") from err
             shared = (time.perf_counter() - start) / len(pending)  # the feature pass, shared by the runs
             for run, overrides, identity in pending:
                 folder = self.out / run.folder
@@ -308,8 +319,8 @@ class Study:
                     with _logged(folder / "run.log"):
                         probe.evaluate(run.protocol, run.fraction, run.seed, overrides["output_dir"])
                 except Exception as err:
-                    raise StudyError(f"{run.protocol} of {run.arm} on {run.task} failed ({type(err).__name__}: "
-                                     f"{err}); log: {folder / 'run.log'}") from err
+                    raise StudyError(f"{run.protocol} of {run.arm} on {run.task} failed ({describe(err)}); "
+                                     f"log: {folder / 'run.log'}") from err
                 rows[run] = self._row(run, shared + time.perf_counter() - start, identity)
         return [rows[run] for run in runs]
 
