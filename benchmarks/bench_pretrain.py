@@ -62,8 +62,9 @@ def passes(method: str) -> float:
     counts 1/3 of a forward + backward, as a backward costs about two forwards). MoCo v2: the query's forward +
     backward and the key's forward, in supervised steps on one view (4/3); BYOL: both views through the online
     network and both through the target (8/3). SwAV: its 2 global and 6 local crops forward + backward, measured
-    as one supervised step over those very crops (1), since a small crop costs more than its share of the pixels
-    (fewer, smaller tensors per layer). SparK: one pass of its encoder and decoder, measured unmasked (1)."""
+    as one supervised step over those very crops (1), as a crop's cost is not its share of the pixels (per-layer
+    overheads, the efficiency of larger batches). SparK: one pass of its encoder and decoder, measured unmasked
+    (1)."""
     return {"moco": 4 / 3, "byol": 8 / 3}.get(method, 1.0)
 
 

@@ -155,8 +155,8 @@ crops of 96/224 of the size; MoCo: queue 4,096). Peers: MoCo v2, BYOL and SwAV a
 ({'a checkout of github.com/keyu-tian/SparK, its `pretrain/` code as its `main.py` builds the model, on timm ' + _version('timm') if args.spark_repo else 'not given (`--spark_repo`), so a supervised step'}).
 The compute ideal: a supervised step (backbone, linear layer, cross-entropy) divided by the backbone passes the
 method needs (a forward alone counts 1/3 of a forward + backward: MoCo 4/3, BYOL 8/3); for SwAV one supervised
-step over its own 8 crops (each size as one batch, as ours batches them; a crop of 96/224 of the size costs more
-than its (96/224)^2 share of the pixels); for SparK its own encoder, projections and decoder run unmasked
+step over its own 8 crops (each size as one batch, as ours batches them: a crop's cost is not its share of the
+pixels); for SparK its own encoder, projections and decoder run unmasked
 (plain layers, mean squared error on the whole image), so the ratio is what masking costs. Every kind in its own process, the kinds alternating over
 {args.rounds} rounds; the median of 3 timed steps after a warm-up step; images/s counts the samples of a batch.
 Each lever is measured on top of ours with the others off.

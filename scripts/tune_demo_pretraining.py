@@ -21,7 +21,8 @@ between the two columns is what that shift costs. The random encoder's statistic
 
 Usage: python scripts/tune_demo_pretraining.py --out demo_tuning [--multipliers 1 4 16] [--methods spark moco]
 [--set num_prototypes=100 queue_length=256]
-Prints a Markdown table and writes ``tuning.json`` in ``--out``; finished pre-trainings are reused.
+Prints a Markdown table and writes ``tuning.json`` (``tuning_<id><value>.json`` with ``--set``) in ``--out``;
+finished pre-trainings are reused.
 """
 
 from __future__ import annotations
