@@ -235,7 +235,8 @@ BUILDERS = {"ours": _ours, "supervised": _supervised, "supervised_views": _super
 
 def _measure(kind: str, setting: Setting, queue: mp.Queue) -> None:
     """Time ``kind``: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on), ``supervised``,
-    ``supervised_views``, ``dense`` (SparK unmasked), ``lightly`` or ``official``; puts (images/s, peak MiB, seconds of the first step)."""
+    ``supervised_views``, ``dense`` (SparK unmasked), ``lightly`` or ``official``; puts (images/s, peak MiB,
+    seconds of the first step)."""
     from medssl_monai.optimizers import build_optimizer
     from medssl_monai.utils import channels_last_format, place
 
@@ -284,7 +285,8 @@ def compare(setting: Setting, levers: list[str], rounds: int) -> dict[str, list[
     """(images/s, peak MiB, seconds of the first step) of every kind over ``rounds``, each kind in a fresh
     process, the kinds alternating: ours, ours with each lever, the peer, and the compute ideal's step
     (:data:`IDEALS`)."""
-    kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer_of(setting), IDEALS[setting.method]])]
+    ideal = IDEALS[setting.method]
+    kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer_of(setting), ideal])]
     return alternate(_measure, kinds, rounds, setting)
 
 

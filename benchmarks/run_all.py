@@ -133,7 +133,8 @@ def section_pretrain(args, targets: list[Target]) -> str:
         targets.append(ratio_target(f"{name} step / its compute ideal", s.rates["ours"], s.ideal, 0.9))
         passes = {"spark": "1 (unmasked step)", "swav": "1 (step over its 8 views)"}.get(method, f"{s.passes:.2f}")
         rows.append(f"| {name} | {s.ours_over_peer:.2f} | {s.ours_over_ideal:.2f} | {ranged(s.rates['ours'])} | "
-                    f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | {passes} | {s.ideal[0]:.2f} |")
+                    f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | "
+                    f"{passes} | {s.ideal[0]:.2f} |")
         effects = []
         for lever in LEVERS:
             effect, default = s.levers[lever], bundle_default(f"{method}_pretrain", lever)
@@ -156,8 +157,8 @@ crops of 96/224 of the size; MoCo: queue 4,096). Peers: MoCo v2, BYOL and SwAV a
 The compute ideal: a supervised step (backbone, linear layer, cross-entropy) divided by the backbone passes the
 method needs (a forward alone counts 1/3 of a forward + backward: MoCo 4/3, BYOL 8/3); for SwAV one supervised
 step over its own 8 crops (each size as one batch, as ours batches them: a crop's cost is not its share of the
-pixels); for SparK its own encoder, projections and decoder run unmasked
-(plain layers, mean squared error on the whole image), so the ratio is what masking costs. Every kind in its own process, the kinds alternating over
+pixels); for SparK its own encoder, projections and decoder run unmasked (plain layers, mean squared error on
+the whole image), so the ratio is what masking costs. Every kind in its own process, the kinds alternating over
 {args.rounds} rounds; the median of 3 timed steps after a warm-up step; images/s counts the samples of a batch.
 Each lever is measured on top of ours with the others off.
 

@@ -102,7 +102,8 @@ def main() -> None:
         results["methods"][method] = {}
         for multiplier in args.multipliers:
             config = load_study_config(preset=args.preset)
-            config.pretrain[method] = {**config.pretrain.get(method, {}), **settings, "base_lr": default_lr * multiplier}
+            lr = default_lr * multiplier
+            config.pretrain[method] = {**config.pretrain.get(method, {}), **settings, "base_lr": lr}
             study = Study(config, args.out / f"{method}_x{multiplier:g}{tag}")
             study.pretrain(method)
             scores = {task: cross_validated_knn(study, method, task) for task in tasks}
