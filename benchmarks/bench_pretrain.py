@@ -12,8 +12,8 @@ range (images = samples of the batch, whatever the number of views), the ratios,
 allocation on a GPU, process max RSS on CPU). Inputs are random tensors of each method's view shapes, so only
 the step is timed. With ``--spatial_dims 3`` every input is a ``size``-cubed patch and every backbone MONAI's
 3D ResNet (the methods' own and the peers' alike); ``--decoder_width`` sets SparK's decoder.
-``--levers channels_last,foreach,compile`` also measures ours with each of the trainer's speed ids on
-(compile: steady-state steps after the first, which compiles).
+``--levers channels_last,foreach,compile,amp`` also measures ours with each of the trainer's speed ids on
+(compile: steady-state steps after the first, which compiles; amp: bf16 autocast on a CPU, fp16 on a GPU).
 Usage: python benchmarks/bench_pretrain.py --method spark|moco|byol|swav [--backbone resnet50 --size 224
 --batch 16 --steps 3 --rounds 2 --spatial_dims 2 --in_channels 1 --decoder_width 768 --levers foreach
 --spark_repo PATH]
@@ -35,7 +35,7 @@ import torchvision
 from common import alternate, device_name, median_range
 
 LOCAL_SIZE_RATIO = 96 / 224  # SwAV's local crops relative to the global ones
-LEVERS = ("channels_last", "foreach", "compile")  # the trainer's speed ids, each measured on top of "ours"
+LEVERS = ("channels_last", "foreach", "compile", "amp")  # the trainer's speed ids, each measured on top of "ours"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +252,12 @@ def _measure(kind: str, setting: Setting, queue: mp.Queue) -> None:
         views = [v.contiguous(memory_format=channels_last_format(v.ndim)) for v in views]
     if lever == "compile":
         loss_fn = torch.compile(loss_fn)
+    if lever == "amp":  # the trainer's autocast: bf16 on a CPU, its default fp16 on a GPU (here without a scaler)
+        dtype, plain_loss = (torch.bfloat16 if device.type == "cpu" else torch.float16), loss_fn
+
+        def loss_fn(views: list[torch.Tensor]) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=dtype):
+                return plain_loss(views)
     opt = build_optimizer(model, "sgd", lr=1e-4, weight_decay=1e-6, foreach=True if lever == "foreach" else None)
     first = time.perf_counter()
     for i in range(setting.steps + 1):

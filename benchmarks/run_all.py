@@ -33,7 +33,8 @@ from medssl_monai.bundle import bundle_default
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"moco": "MoCo v2", "byol": "BYOL", "swav": "SwAV", "spark": "SparK"}
-LEVERS = ["channels_last", "foreach"]  # torch.compile is measured by hand: it compiles again at every start
+# torch.compile is measured by hand: it compiles again at every start; amp where there is bf16 or a GPU
+LEVERS = ["channels_last", "foreach"] + (["amp"] if cpu_has_bf16() or torch.cuda.is_available() else [])
 NOISE = 0.05  # a lever within this of 1x neither wins nor loses
 
 
@@ -174,7 +175,7 @@ Speed levers, the rate with each on over the rate without, and the bundle's defa
 
 A default of `null` is torch's own choice (for `foreach`: on for CUDA tensors, off on a CPU). Within {NOISE:.0%} of 1x
 a lever neither wins nor loses here. Peak memory, ours / peer ({unit}): {', '.join(memory)}.
-bf16 autocast on the CPU (the `amp` id): {'this CPU has bf16 instructions, not measured by this script yet' if cpu_has_bf16() else 'not measured, this CPU has no bf16 instructions'}.
+Mixed precision (the `amp` id): {'measured above' if 'amp' in LEVERS else 'not measured, this CPU has no bf16 instructions and there is no GPU'}.
 """
 
 
