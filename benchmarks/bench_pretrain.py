@@ -111,8 +111,9 @@ def _supervised(setting: Setting, all_views: bool = False):
     net = torch.nn.Sequential(_backbone(setting), torch.nn.LazyLinear(2))
 
     def loss(views: list[torch.Tensor]) -> torch.Tensor:
-        batches = [torch.cat(list(group)) for _, group in itertools.groupby(views, key=lambda v: v.shape[2:])]
-        out = [net(x) for x in (batches if all_views else views[:1])]  # (N, 2) per batch
+        if all_views:
+            views = [torch.cat(list(group)) for _, group in itertools.groupby(views, key=lambda v: v.shape[2:])]
+        out = [net(x) for x in views[:len(views) if all_views else 1]]  # (N, 2) per batch
         return sum(torch.nn.functional.cross_entropy(o, torch.zeros(len(o), dtype=torch.long, device=o.device))
                    for o in out)
     return net, loss
