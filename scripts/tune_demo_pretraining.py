@@ -61,8 +61,8 @@ def cross_validated_knn(study: Study, arm: str, task: str) -> dict[str, float]:
     def accuracy() -> float:
         (train_x, train_y, train_p), (val_x, val_y, val_p) = encode(probe.network, train), encode(probe.network, val)
         x, y = torch.cat([train_x, val_x]), torch.cat([train_y, val_y])  # (N, D), (N,)
-        patients = sorted(set(train_p + val_p))
-        fold = torch.tensor([patients.index(p) % FOLDS for p in train_p + val_p])  # (N,)
+        fold_of = {patient: i % FOLDS for i, patient in enumerate(sorted(set(train_p + val_p)))}
+        fold = torch.tensor([fold_of[p] for p in train_p + val_p])  # (N,)
         correct = 0
         for f in range(FOLDS):
             held = fold == f
@@ -102,15 +102,15 @@ def main() -> None:
         results["methods"][method] = {}
         for multiplier in args.multipliers:
             config = load_study_config(preset=args.preset)
-            lr = default_lr * multiplier
-            config.pretrain[method] = {**config.pretrain.get(method, {}), **settings, "base_lr": lr}
+            base_lr = default_lr * multiplier
+            config.pretrain[method] = {**config.pretrain.get(method, {}), **settings, "base_lr": base_lr}
             study = Study(config, args.out / f"{method}_x{multiplier:g}{tag}")
             study.pretrain(method)
             scores = {task: cross_validated_knn(study, method, task) for task in tasks}
             seconds = json.loads((study.out / "pretrain" / method / "done.json").read_text())["seconds"]
-            results["methods"][method][f"{multiplier:g}{tag}"] = {"base_lr": default_lr * multiplier, **settings,
+            results["methods"][method][f"{multiplier:g}{tag}"] = {"base_lr": base_lr, **settings,
                                                                     "knn": scores, "seconds": seconds}
-            rows.append((method, f"x{multiplier:g} ({default_lr * multiplier:.3g}){tag.replace('_', ' ')}", scores))
+            rows.append((method, f"x{multiplier:g} ({base_lr:.3g}){tag.replace('_', ' ')}", scores))
             write_json(args.out / f"tuning{tag}.json", results)
             print(f"{method} base_lr x{multiplier:g}: " + ", ".join(f"{t} {s['knn']:.3f}" for t, s in scores.items()),
                   flush=True)
