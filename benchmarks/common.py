@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from medssl_monai.utils import exit_with_parent
+
 
 def alternate(target: Callable[..., None], kinds: Sequence[str], rounds: int, *args: Any) -> dict[str, list[Any]]:
     """``target(kind, *args, queue)`` for every kind, each in a fresh spawned process, the kinds alternating over
@@ -28,13 +30,18 @@ def alternate(target: Callable[..., None], kinds: Sequence[str], rounds: int, *a
     for _ in range(rounds):
         for kind in kinds:
             queue = ctx.Queue()
-            proc = ctx.Process(target=target, args=(kind, *args, queue))
+            proc = ctx.Process(target=_child, args=(os.getpid(), target, kind, *args, queue))
             proc.start()
             proc.join()
             if proc.exitcode:
                 raise RuntimeError(f"measuring {kind} failed (exit {proc.exitcode}); its error is printed above")
             results[kind].append(queue.get())
     return results
+
+
+def _child(parent: int, target: Callable[..., None], *args: Any) -> None:
+    exit_with_parent(parent)  # a benchmark killed mid-run leaves no measurement running on
+    target(*args)
 
 
 def median_range(values: Sequence[float]) -> tuple[float, float, float]:
@@ -57,17 +64,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has bf16 arithmetic (AVX512-BF16 or AMX on x86, BF16 on Arm), as torch's CPU autocast
-    needs to be faster rather than emulated."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        flags = next(line for line in lines if line.startswith(("flags", "Features"))).split()
-    except (OSError, StopIteration):
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
 def device_name() -> str:

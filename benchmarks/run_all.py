@@ -27,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import alternate, cpu_has_bf16, device_name, median_range, ranged
+from common import alternate, device_name, median_range, ranged
 
 from medssl_monai.bundle import bundle_default
+from medssl_monai.utils import as_bool, cpu_has_bf16, resolve_amp
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"moco": "MoCo v2", "byol": "BYOL", "swav": "SwAV", "spark": "SparK"}
@@ -59,6 +60,26 @@ def ratio_target(name: str, top: tuple[float, float, float], bottom: tuple[float
     return Target(name, f"{'>=' if at_least else '<='} {goal:g}",
                   ranged((value, top[1] / bottom[2], top[2] / bottom[1])),
                   value >= goal if at_least else value <= goal)
+
+
+def lever_effects(label: str, method: str, levers: dict[str, float], targets: list[Target] | None,
+                  config: str = "train.json") -> list[str]:
+    """Each lever's effect beside the bundle's default (from ``config``), as table cells; adds to ``targets``
+    (unless None) the target that a lever be on by default where it wins here and off where it loses
+    (``amp: auto`` as it resolves here)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cells = []
+    for lever, effect in levers.items():
+        default = bundle_default(f"{method}_pretrain", lever, config)
+        cells.append(f"{effect:.2f}x (default {json.dumps(default)})")
+        if default is None or targets is None:  # None: torch's own choice
+            continue
+        on = resolve_amp(default, device) if lever == "amp" else as_bool(default, lever)
+        wins, loses = effect >= 1 + NOISE, effect <= 1 - NOISE
+        found = f"{effect:.2f}x, {'on' if on else 'off'}" + (" (auto)" if default == "auto" else "")
+        targets.append(Target(f"{label}: `{lever}` by default where it wins", "on if faster, off if slower", found,
+                              not (wins and not on or loses and on)))
+    return cells
 
 
 def section_data(args, targets: list[Target]) -> str:
@@ -136,16 +157,7 @@ def section_pretrain(args, targets: list[Target]) -> str:
         rows.append(f"| {name} | {s.ours_over_peer:.2f} | {s.ours_over_ideal:.2f} | {ranged(s.rates['ours'])} | "
                     f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | "
                     f"{passes} | {s.ideal[0]:.2f} |")
-        effects = []
-        for lever in LEVERS:
-            effect, default = s.levers[lever], bundle_default(f"{method}_pretrain", lever)
-            effects.append(f"{effect:.2f}x (default {json.dumps(default)})")
-            if default is not None:  # None: torch's own choice
-                wins, loses = effect >= 1 + NOISE, effect <= 1 - NOISE
-                targets.append(Target(f"{name}: `{lever}` by default where it wins", "on if faster, off if slower",
-                                      f"{effect:.2f}x, {'on' if default else 'off'}",
-                                      not (wins and not default or loses and default)))
-        levers.append(f"| {name} | " + " | ".join(effects) + " |")
+        levers.append(f"| {name} | " + " | ".join(lever_effects(name, method, {k: s.levers[k] for k in LEVERS}, targets)) + " |")
         memory.append(f"{name} {s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f}")
     unit = "MiB of CUDA peak allocation" if torch.cuda.is_available() else "MiB max RSS"
     return f"""## Pre-training steps (`python benchmarks/bench_pretrain.py --method M --backbone resnet50 --size 128 --batch 8 --in_channels 3 --levers {','.join(LEVERS)}`)
@@ -170,7 +182,7 @@ Each lever is measured on top of ours with the others off.
 Speed levers, the rate with each on over the rate without, and the bundle's default:
 
 | method | {' | '.join(f'`{lever}`' for lever in LEVERS)} |
-|---|---|---|
+|---{'|---' * len(LEVERS)}|
 {chr(10).join(levers)}
 
 A default of `null` is torch's own choice (for `foreach`: on for CUDA tensors, off on a CPU). Within {NOISE:.0%} of 1x
@@ -205,23 +217,29 @@ rounds alternating, each in its own process.
 def section_3d(args, targets: list[Target]) -> str:
     import bench_pretrain
 
-    rows = []
+    rows, levers = [], [lever for lever in LEVERS if lever != "foreach"]  # foreach: as in 2D, optimiser-bound
     for method in ("spark", "moco"):
         setting = bench_pretrain.Setting(method, backbone="resnet18", size=48, batch=2, steps=2, spatial_dims=3)
-        s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, [], 1))
+        s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, levers, 1))
         peer = "lightly" if method == "moco" else "supervised step"
+        effects = lever_effects(f"3D {METHODS[method]}", method, {k: s.levers[k] for k in levers}, None,
+                                "train_3d.json")
         rows.append(f"| {METHODS[method]} | {s.ours_over_peer:.2f} ({peer}) | {s.ours_over_ideal:.2f} | "
                     f"{s.rates['ours'][0]:.3f} | {s.rates[s.peer][0]:.3f} | "
-                    f"{s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f} |")
-    return f"""## 3D steps (`python benchmarks/bench_pretrain.py --spatial_dims 3 --method M --backbone resnet18 --size 48 --batch 2 --steps 2 --rounds 1`)
+                    f"{s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f} | " + " | ".join(effects) + " |")
+    return f"""## 3D steps (`python benchmarks/bench_pretrain.py --spatial_dims 3 --method M --backbone resnet18 --size 48 --batch 2 --steps 2 --rounds 1 --levers {','.join(levers)}`)
 
 48-cubed patches of 1 channel; every backbone MONAI's stock 3D ResNet18 (ours and the peers' alike); SparK at its
 default decoder width 768, its ideal its own network unmasked as in 2D; 1 round, the median of 2 timed steps
 after a warm-up step; patches/s counts the samples of a batch.
 
-| method | ours / peer | ours / ideal | ours, patches/s | peer, patches/s | peak memory ours / peer, MiB |
-|---|---|---|---|---|---|
+| method | ours / peer | ours / ideal | ours, patches/s | peer, patches/s | peak memory ours / peer, MiB | {' | '.join(f'`{lever}`' for lever in levers)} |
+|---|---|---|---|---|---{'|---' * len(levers)}|
 {chr(10).join(rows)}
+
+The levers as in 2D, each over ours without it, beside the 3D overlay's default (`train_3d.json`): one round,
+reported and not yet held to the on-where-it-wins target (the 3D overlays keep `channels_last` off until
+several rounds decide it; `amp` is `auto` as in 2D).
 """
 
 

@@ -57,7 +57,7 @@ def demo_dir(tmp_path_factory):
     )
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (Linux: from /proc), children first."""
     from pathlib import Path
 
@@ -74,6 +74,23 @@ def _descendants(pid: int) -> list[int]:
         found += children
         todo += children
     return found
+
+
+def assert_ended(pids: list[int], timeout: float = 10.0) -> None:
+    """Fails unless every process of ``pids`` has ended (or is a zombie nobody reaps) within ``timeout`` s."""
+    import time
+    from pathlib import Path
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"processes {alive} outlived the killed run by {timeout:.0f} s"
 
 
 def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0, env: dict | None = None) -> str:
@@ -100,7 +117,7 @@ def run_killed(cmd: list[str], ckpt_dir, cwd, timeout: float = 600.0, env: dict 
             assert time.monotonic() < deadline, "no checkpoint before the timeout"
             time.sleep(0.02)
         assert proc.poll() is None, "the run finished before it could be killed"
-        for pid in [proc.pid, *_descendants(proc.pid)]:  # torchrun starts its ranks in sessions of their own
+        for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun starts its ranks in sessions of their own
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_ended, descendants
 from medssl_monai.cli import main
 from medssl_monai.data import (
     HU_WINDOWS,
@@ -287,6 +291,24 @@ def test_demo_data_is_generated_again_only_when_its_generator_or_sizes_changed(t
     with pytest.raises(FileExistsError, match="no demo collection"):  # never removed
         ensure_demo_data(mine, **sizes)
     assert (mine / "scan.nii.gz").is_file()
+
+
+def test_a_killed_demo_generation_leaves_no_worker_and_is_made_again(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "medssl_monai.cli", "demo-data", "--out", str(out), "--seed", "4", "--patients",
+           "2", "--size", "96", "--slices", "12", "--covid-images", "4", "--organ-patches", "22", "--workers", "2"]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(workers := descendants(process.pid)) < 2:  # the pool's two workers, generating patients
+        assert process.poll() is None, "the generation ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert_ended(workers)
+    assert (out / ".demo_incomplete").is_file() and not (out / "demo.json").exists()
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert (out / "demo.json").is_file() and not (out / ".demo_incomplete").exists()
 
 
 def test_demo_data_cli_is_deterministic(tmp_path):

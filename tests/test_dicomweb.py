@@ -22,6 +22,7 @@ import pydicom
 import pytest
 import requests
 
+from conftest import assert_ended, descendants
 from medssl_monai.cli import main
 from medssl_monai.data.prepare import PrepareError, prepare_dicom
 
@@ -166,7 +167,8 @@ def test_a_series_that_gained_instances_is_fetched_again(orthanc, credentials, i
     assert len(grown) == 1 and grown[0] in _volumes(tmp_path / "folder")
 
 
-def test_a_killed_run_continues_without_fetching_finished_series_again(orthanc, identified, tmp_path):
+def test_a_killed_run_leaves_no_worker_and_continues_without_fetching_finished_series_again(orthanc, identified,
+                                                                                          tmp_path):
     orthanc.clear()
     orthanc.upload(sorted(identified.rglob("*.dcm")))
     out = tmp_path / "pacs"
@@ -179,8 +181,11 @@ def test_a_killed_run_continues_without_fetching_finished_series_again(orthanc, 
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    workers = descendants(process.pid)
+    assert workers, "prepare-dicom converts in worker processes"
+    process.send_signal(signal.SIGKILL)  # the parent alone, as the out-of-memory killer would
     process.wait()
+    assert_ended(workers)  # none left blocked on its pool's pipe, holding memory
     finished = len(json.loads((out / "private" / "fetched.json").read_text()))
     assert 1 <= finished < 3
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -1,5 +1,7 @@
 """The shared trainer: a loss that falls, checkpoints written atomically, and resume equivalence."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from ignite.engine import Events
@@ -179,6 +181,23 @@ def test_amp_on_cpu_runs_in_bfloat16(tmp_path):
     assert seen and all(dtype == torch.bfloat16 for dtype in seen)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert not trainer.grad_scaler.is_enabled()  # bf16 needs no loss scaling
+
+
+def test_amp_auto_is_on_where_the_cpu_has_bf16_arithmetic(caplog):
+    """``amp: auto`` (the pre-training bundles' default) follows the CPU's flags, read here independently;
+    the trainer logs what it chose. Words from the command line are read as booleans; others are refused."""
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
+    native = bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    model = _spark()
+    opt = build_optimizer(model, "lamb", lr=1e-3)
+    with caplog.at_level("INFO"):
+        trainer = SelfSupervisedTrainer("cpu", 1, DATA, model, opt, amp="auto")
+    assert trainer.amp is native
+    assert f"mixed precision (amp auto): {'bfloat16 autocast' if native else 'off, fp32'}" in caplog.text
+    assert SelfSupervisedTrainer("cpu", 1, DATA, model, opt, amp="false").amp is False
+    assert SelfSupervisedTrainer("cpu", 1, DATA, model, opt, amp="true").amp is True
+    with pytest.raises(ValueError, match="amp must be true, false or auto, got 'sometimes'"):
+        SelfSupervisedTrainer("cpu", 1, DATA, model, opt, amp="sometimes")
 
 
 def _moco_losses(**levers) -> tuple[list[float], MoCo, SelfSupervisedTrainer]:

@@ -24,13 +24,15 @@ def bundle_root(name: str) -> str:
                             "pass --bundle_root PATH")
 
 
-def bundle_default(name: str, key: str):
-    """The value of top-level id ``key`` in bundle ``name``'s ``configs/train.json`` (its default)."""
-    config = Path(bundle_root(name)) / "configs" / "train.json"
-    content = json.loads(config.read_text())
-    if key not in content:
-        raise KeyError(f"{config} has no top-level id {key!r}")
-    return content[key]
+def bundle_default(name: str, key: str, config: str = "train.json"):
+    """The value of top-level id ``key`` in bundle ``name``'s ``configs/<config>`` (its default); for an overlay
+    such as ``train_3d.json`` that leaves ``key`` alone, the value in ``train.json`` it is laid over."""
+    configs = Path(bundle_root(name)) / "configs"
+    for file in dict.fromkeys([config, "train.json"]):
+        content = json.loads((configs / file).read_text())
+        if key in content:
+            return content[key]
+    raise KeyError(f"{configs / config} has no top-level id {key!r}")
 
 
 def demo_root() -> Path:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from medssl_monai.data import dicom
 from medssl_monai.data.nifti import lps_affine, write_ct_nifti, write_label_nifti
 from medssl_monai.data.synthetic import LUNG_TISSUES, ORGAN_LABELS, ChestPhantom, Scanner, Tissue, generate_patient
 from medssl_monai.data.transforms import HU_WINDOWS, PNG_HU_OFFSET
-from medssl_monai.utils import atomic_path, write_json
+from medssl_monai.utils import atomic_path, worker_pool, write_json
 
 __all__ = ["make_demo_data", "ensure_demo_data", "demo_data_version", "DEMO_VERSION", "ORGAN_CLASSES", "COVID_CLASSES",
            "ORGAN_WINDOW"]
@@ -217,7 +216,7 @@ def make_demo_data(
     n_pairs = max(2, covid_images // 2)
     n_organ_sources = max(3, int(np.ceil(organ_patches / 40)))  # patients: at least one per split
     per_class = 2 * int(np.ceil(organ_patches / len(ORGAN_CLASSES) / n_organ_sources))
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+    with worker_pool(workers) as pool:
         volumes = pool.map(_patient, [(out, s, i, size, slices, i < dicom_patients)
                                       for i, s in enumerate(ss_patients.spawn(patients))])
         positive = covid_rng.permutation(np.arange(n_pairs) % 2 == 1)

@@ -31,7 +31,7 @@ from medssl_monai.data.dicom import DicomError, read_header, series_to_hu
 from medssl_monai.data.dicomweb import DICOMwebError, DICOMwebSource, is_url
 from medssl_monai.data.nifti import write_ct_nifti
 from medssl_monai.data.pseudonyms import PRIVATE_DIR, Pseudonyms
-from medssl_monai.utils import write_json
+from medssl_monai.utils import worker_pool, write_json
 
 __all__ = ["PrepareError", "PrepareReport", "prepare_dicom"]
 
@@ -209,7 +209,7 @@ def prepare_dicom(
         raise FileNotFoundError(f"DICOM source folder does not exist: {src}")
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(out, on_error, keep_patient_ids, workers or os.cpu_count() or 1, progress)
-    with ProcessPoolExecutor(max_workers=run.workers) as pool:
+    with worker_pool(run.workers) as pool:
         if remote:
             source = DICOMwebSource(str(src), study_dates=study_dates, studies=studies, patients=patients)
             kept = _from_dicomweb(run, source, pool)

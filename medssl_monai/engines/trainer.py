@@ -23,6 +23,7 @@ from medssl_monai.handlers.iteration_schedule import IterationSchedule
 from medssl_monai.utils.distributed import world_size
 from medssl_monai.utils.memory_format import channels_last_format
 from medssl_monai.utils.options import BOOL_WORDS, as_bool
+from medssl_monai.utils.precision import resolve_amp
 
 __all__ = ["SelfSupervisedTrainer", "RNGState"]
 
@@ -78,7 +79,8 @@ class SelfSupervisedTrainer(Trainer):
         optimizer: built with :func:`~medssl_monai.optimizers.build_optimizer`.
         schedule: per-iteration lr and weight decay; attached to this trainer.
         grad_clip: maximum gradient norm (``None`` or 0: no clipping).
-        amp: mixed precision: bf16 autocast on CPU, fp16 (with a gradient scaler) or bf16 on GPU.
+        amp: mixed precision: bf16 autocast on CPU, fp16 (with a gradient scaler) or bf16 on GPU; ``auto``: on
+            where it is faster (a GPU, a CPU with bf16 arithmetic), see :func:`~medssl_monai.utils.resolve_amp`.
         amp_dtype: ``float16`` or ``bfloat16`` on GPU.
         image_key: batch key of the images: a (B, C, H, W) batch, or a list of such batches (views), which
             the method receives as a list.
@@ -100,7 +102,7 @@ class SelfSupervisedTrainer(Trainer):
         optimizer: torch.optim.Optimizer,
         schedule: IterationSchedule | None = None,
         grad_clip: float | None = 5.0,
-        amp: bool = False,
+        amp: bool | str = False,
         amp_dtype: str = "float16",
         image_key: str = "image",
         inferer: Inferer | None = None,
@@ -111,7 +113,7 @@ class SelfSupervisedTrainer(Trainer):
         foreach: bool | None = None,
     ) -> None:
         # no decollation: the output is one dict per batch, read by the logging and checkpoint handlers
-        amp = as_bool(amp, "amp")
+        requested, amp = amp, resolve_amp(amp, device)
         super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
                          epoch_length=epoch_length, handlers=None, amp=amp, decollate=False)
         self.network, self.optimizer = network, optimizer
@@ -126,6 +128,8 @@ class SelfSupervisedTrainer(Trainer):
         self.autocast_dtype = torch.bfloat16 if device_type == "cpu" else getattr(torch, amp_dtype)
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp and self.autocast_dtype == torch.float16)
+        precision = f"{str(self.autocast_dtype).removeprefix('torch.')} autocast" if amp else "off, fp32"
+        self.logger.info(f"mixed precision (amp {requested}): {precision}")
         self.rng = RNGState()
         if hasattr(getattr(train_data_loader, "sampler", None), "attach"):  # a ResumableSampler
             train_data_loader.sampler.attach(self)

@@ -52,6 +52,8 @@ PRESETS: dict[str, dict] = {
     #   COVID-like / organs, 500 prototypes 0.611 / 0.484, 100 0.614 / 0.487, 30 0.637 / 0.489, 10 0.651 / 0.487,
     #   random encoder 0.605 / 0.460; scripts/tune_demo_pretraining.py, the test split not read).
     #   This is a short schedule: the methods are compared at equal steps on equal data, far from convergence.
+    #   In fp32 on every CPU (`amp` false, where the bundles say auto): bf16 autocast would run only on CPUs with
+    #   bf16 arithmetic, and the committed results would then depend on the CPU that reproduces them.
     # - windows: pre-training and both tasks in the lung window (the organ patches are 8-bit, windowed when made;
     #   -1000..1000 for all cost the COVID-like task: docs/results/demo/README.md).
     # - fine-tuning: 3 epochs (the first with the backbone frozen) at lr 1e-3, COVID-like images at 64 px and
@@ -68,7 +70,7 @@ PRESETS: dict[str, dict] = {
                   "organ_seg": {**_DEMO_ORGAN_SEG, "image_size": 64, "spacing": 6.0, "seeds": [0], "max_epochs": 2,
                                 "samples_per_epoch": 240, "batch_size": 8, "freeze_epochs": 0, "val_interval": 2}},
         "pretrain": {"dataset_dir": "{demo}", "overrides": {"max_epochs": 1, "slice_step": 2, "backbone": "resnet18",
-                                                             "image_size": 64, "monitor_interval": 0},
+                                                             "image_size": 64, "monitor_interval": 0, "amp": False},
                      "swav": {"local_size": 32, "num_local_views": 2, "num_prototypes": 10}},
         "finetune": {"overrides": {"max_epochs": 3, "freeze_epochs": 1, "backbone": "resnet18", "batch_size": 32,
                                    "lr": 1e-3, "num_workers": 0, "n_bootstrap": 200, "figures": False}},
@@ -82,7 +84,8 @@ PRESETS: dict[str, dict] = {
     #   width), batches of 2; pre-training PRETRAIN_STEPS steps a method (1,600 patches: 18 per training scan);
     # - fine-tuning FINETUNE_STEPS steps at every fraction (a scratch U-Net reaches a test Dice of 0.35 with all
     #   labels), three fractions, one seed (intervals cover the 11 test patients, not the draw of the labelled
-    #   patients), validated once at the end; whole test volumes by sliding windows of the patch size.
+    #   patients), validated once at the end; whole test volumes by sliding windows of the patch size;
+    # - pre-training in fp32 on every CPU, as in the 2D demo.
     "demo_3d": {
         "spatial_dims": 3, "methods": ["scratch", "spark", "moco"], "fractions": [1.0, 0.25, 0.05], "seeds": [0],
         "protocols": ["finetune"],
@@ -91,7 +94,8 @@ PRESETS: dict[str, dict] = {
                                 "freeze_epochs": 0, "val_interval": 1}},
         "pretrain": {"dataset_dir": "{demo}", "overrides": {"backbone": "resnet18", "patch_size": [32, 32, 16],
                                                              "spacing": [6.0, 6.0, 6.0], "batch_size": 2,
-                                                             "max_epochs": 1, "samples_per_epoch": 2 * PRETRAIN_STEPS}},
+                                                             "max_epochs": 1, "samples_per_epoch": 2 * PRETRAIN_STEPS,
+                                                             "amp": False}},
         "finetune": {"overrides": {"backbone": "resnet18", "lr": 1e-3, "num_workers": 0, "n_bootstrap": 200,
                                    "figures": False}},
     },

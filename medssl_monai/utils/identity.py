@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medssl_monai.utils.precision import cpu_has_bf16
+
 __all__ = ["RunIdentity", "RunMismatchError", "environment", "file_sha256", "fingerprint", "identity_differences"]
 
 # the packages whose versions change a run's numbers (kernels, solvers, resampling, image decoding)
@@ -72,7 +74,8 @@ def _canonical(value: Any) -> Any:
 
 
 def environment() -> dict[str, Any]:
-    """What computed a result besides its settings: Python, platform, CPU, torch's threads, package versions.
+    """What computed a result besides its settings: Python, platform, CPU (and whether it has bf16 arithmetic, which
+    ``amp: auto`` follows), torch's threads, package versions.
 
     Not part of a run's identity (a run may continue on another machine), but recorded beside results: at
     short schedules, floating-point differences between CPUs and package versions move the numbers.
@@ -91,7 +94,8 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "packages": versions}
+            "cpu_count": os.cpu_count(), "cpu_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads(),
+            "packages": versions}
 
 
 def identity_differences(recorded: Mapping, current: Mapping) -> list[str]:
