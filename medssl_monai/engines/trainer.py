@@ -129,7 +129,7 @@ class SelfSupervisedTrainer(Trainer):
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=amp and self.autocast_dtype == torch.float16)
         precision = f"{str(self.autocast_dtype).removeprefix('torch.')} autocast" if amp else "off, fp32"
-        self.logger.info(f"mixed precision (amp {requested}): {precision}")
+        self.logger.info(f"mixed precision (amp {str(requested).lower()}): {precision}")
         self.rng = RNGState()
         if hasattr(getattr(train_data_loader, "sampler", None), "attach"):  # a ResumableSampler
             train_data_loader.sampler.attach(self)
