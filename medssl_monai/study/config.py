@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
     },
     # the embedded demo: all methods, both classification tasks with the three protocols and organ segmentation,
     # the paper's five fractions and 3 seeds (segmentation: 1), ResNet18, in under an hour on 2 CPU cores (40 min
-    # 38 s measured from a fresh clone on 2026-12-06, alone on the machine; docs/results/demo). Twice the
+    # 48 s measured from a fresh clone on 2026-12-06, alone on the machine; docs/results/demo). Twice the
     # pre-training (every slice) was measured on validation and did not lift the frozen protocols, so the
     # remaining time is not spent on it.
     # What is given up for that:
