@@ -157,7 +157,8 @@ def section_pretrain(args, targets: list[Target]) -> str:
         rows.append(f"| {name} | {s.ours_over_peer:.2f} | {s.ours_over_ideal:.2f} | {ranged(s.rates['ours'])} | "
                     f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | "
                     f"{passes} | {s.ideal[0]:.2f} |")
-        levers.append(f"| {name} | " + " | ".join(lever_effects(name, method, {k: s.levers[k] for k in LEVERS}, targets)) + " |")
+        effects = lever_effects(name, method, {k: s.levers[k] for k in LEVERS}, targets)
+        levers.append(f"| {name} | " + " | ".join(effects) + " |")
         memory.append(f"{name} {s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f}")
     unit = "MiB of CUDA peak allocation" if torch.cuda.is_available() else "MiB max RSS"
     return f"""## Pre-training steps (`python benchmarks/bench_pretrain.py --method M --backbone resnet50 --size 128 --batch 8 --in_channels 3 --levers {','.join(LEVERS)}`)
@@ -217,7 +218,7 @@ rounds alternating, each in its own process.
 def section_3d(args, targets: list[Target]) -> str:
     import bench_pretrain
 
-    rows, levers = [], [lever for lever in LEVERS if lever != "foreach"]  # foreach: as in 2D, optimiser-bound
+    rows, levers = [], [lever for lever in LEVERS if lever != "foreach"]  # foreach: the optimiser's, as in 2D
     for method in ("spark", "moco"):
         setting = bench_pretrain.Setting(method, backbone="resnet18", size=48, batch=2, steps=2, spatial_dims=3)
         s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, levers, 1))
