@@ -172,12 +172,13 @@ def test_untrusted_pickle_needs_the_explicit_switch(tmp_path):
     assert isinstance(load_checkpoint(tmp_path / "full.pt", trust_checkpoint=True)["obj"], _Pickled)
 
 
-def test_amp_on_cpu_runs_in_bfloat16(tmp_path):
+def test_amp_on_cpu_runs_in_bfloat16(tmp_path, recwarn):
     trainer, losses = _trainer(tmp_path, max_epochs=1, seed=0, resume=False)
     trainer.amp = True
     seen = []
     trainer.network.decoder.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     trainer.run()
+    assert not [w for w in recwarn if "GradScaler" in str(w.message)]  # no CUDA scaler made on a CPU
     assert seen and all(dtype == torch.bfloat16 for dtype in seen)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert not trainer.grad_scaler.is_enabled()  # bf16 needs no loss scaling

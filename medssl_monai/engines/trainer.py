@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.engines import Trainer
+from monai.engines.workflow import Workflow
 from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
@@ -137,6 +138,11 @@ class SelfSupervisedTrainer(Trainer):
             schedule.attach(self)
         if train_handlers:
             self.add_handlers(train_handlers)
+
+    def run(self) -> None:
+        """Train from where the state stands. The step scales losses with :attr:`grad_scaler`, made for this device;
+        MONAI's ``Trainer.run`` would add a CUDA-only scaler, which warns and disables itself on a CPU."""
+        Workflow.run(self)
 
     def add_handlers(self, handlers: Sequence) -> None:
         """Attach handlers that need the trainer itself (its RNG state, its scaler), after construction."""
