@@ -2,8 +2,8 @@
 
 Runs, on this machine: the data path (``bench_data``), memory as the archive grows (``bench_memory``), each
 pre-training method's step against its peer and its compute ideal with the speed levers (``bench_pretrain``),
-each bundle end to end against its bare step (``bench_loader``), the 3D steps, and whether the demo task can be
-learned (``bench_demo_task``). The report names the machine, the date and the library versions, puts the ratios
+each bundle's optimiser with and without ``foreach`` (``bench_optimizer``), each bundle end to end against its
+bare step (``bench_loader``), the 3D steps, and whether the demo task can be learned (``bench_demo_task``). The report names the machine, the date and the library versions, puts the ratios
 and the project's targets first, and gives every rate as the median with its range over the rounds.
 Peers: lightly (the ``test`` extra) and, with ``--spark_repo``, a checkout of the official SparK (the ``bench``
 extra); neither is a runtime dependency.
@@ -30,6 +30,7 @@ import torch
 from common import alternate, device_name, median_range, ranged
 
 from medssl_monai.bundle import bundle_default
+from medssl_monai.data import resolve_loader_priority
 from medssl_monai.utils import as_bool, cpu_has_bf16, resolve_amp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +63,15 @@ def ratio_target(name: str, top: tuple[float, float, float], bottom: tuple[float
                   value >= goal if at_least else value <= goal)
 
 
+def _lever_on(lever: str, default: object, device: str) -> bool:
+    """Whether a lever's default turns it on here (``auto`` as it resolves; ``loader_priority`` on: idle)."""
+    if lever == "amp":
+        return resolve_amp(default, device)
+    if lever == "loader_priority":
+        return resolve_loader_priority(default, device) == "idle"
+    return as_bool(default, lever)
+
+
 def lever_effects(label: str, method: str, levers: dict[str, float], targets: list[Target] | None,
                   config: str = "train.json") -> list[str]:
     """Each lever's effect beside the bundle's default (from ``config``), as table cells; adds to ``targets``
@@ -74,7 +84,7 @@ def lever_effects(label: str, method: str, levers: dict[str, float], targets: li
         cells.append(f"{effect:.2f}x (default {json.dumps(default)})")
         if default is None or targets is None:  # None: torch's own choice
             continue
-        on = resolve_amp(default, device) if lever == "amp" else as_bool(default, lever)
+        on = _lever_on(lever, default, device)
         wins, loses = effect >= 1 + NOISE, effect <= 1 - NOISE
         found = f"{effect:.2f}x, {'on' if on else 'off'}" + (" (auto)" if default == "auto" else "")
         targets.append(Target(f"{label}: `{lever}` by default where it wins", "on if faster, off if slower", found,
@@ -192,6 +202,28 @@ Mixed precision (the `amp` id): {'measured above' if 'amp' in LEVERS else 'not m
 """
 
 
+def section_optimizer(args, targets: list[Target]) -> str:
+    import bench_optimizer
+
+    rows = []
+    for method, name in METHODS.items():
+        r = alternate(bench_optimizer._measure, ["optimizer"], 1, method, 5, 5)["optimizer"][0]
+        default = bundle_default(f"{method}_pretrain", "foreach")
+        rows.append(f"| {name} | {r['optimizer']} | {r['loop'][0] / r['foreach'][0]:.2f}x | {ranged(r['loop'], 1)} | "
+                    f"{ranged(r['foreach'], 1)} | {'yes' if r['identical'] else 'no'} | {json.dumps(default)} |")
+    return f"""## The bundles' optimisers, `foreach` (`python benchmarks/bench_optimizer.py`)
+
+One optimiser step over a ResNet50's parameters with each bundle's own optimiser and settings, the per-tensor
+loop against the multi-tensor kernels (`foreach`), in one process alternating, 5 steps per round, 5 rounds (the
+pre-training section times `foreach` inside a whole step, with SGD for all). `null`: each library's choice, on
+for CUDA tensors and off on a CPU.
+
+| method | optimiser | foreach speed-up | loop, ms per step | foreach, ms per step | identical weights | default |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
 def section_loader(args, targets: list[Target]) -> str:
     import bench_loader
 
@@ -200,17 +232,22 @@ def section_loader(args, targets: list[Target]) -> str:
         overrides = {"backbone": "resnet50", "image_size": 96, "batch_size": 8, "num_workers": 2}
         rates = bench_loader.compare(method, overrides, 24, 2, args.loader_rounds)
         e2e, bare = median_range(rates["end to end"]), median_range(rates["bare"])
+        normal = median_range(rates["end to end, normal priority"])
         targets.append(ratio_target(f"{name} bundle end to end / its bare step", e2e, bare, 0.9))
-        rows.append(f"| {name} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} |")
+        idle = lever_effects(f"{name} end to end", method, {"loader_priority": e2e[0] / normal[0]}, targets)
+        rows.append(f"| {name} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} | {normal[0] / bare[0]:.2f} | "
+                    f"{idle[0]} |")
     return f"""## Bundles end to end (`python benchmarks/bench_loader.py --method M`)
 
 Each pre-training bundle's own config on the demo data (ResNet50, batch 8, 96 px, `num_workers` 2, k-NN monitor
 off, its default levers), built through MONAI's ConfigWorkflow: 24 iterations after 2 of warm-up, fed by its
 DataLoader with its handlers, against the same trainer's step on one batch held in memory; {args.loader_rounds}
-rounds alternating, each in its own process.
+rounds alternating, each in its own process. Once more end to end with the loader workers at normal CPU priority:
+the `loader_priority` lever (`auto`: idle priority when the step runs on the CPU, so that the workers take only the
+cycles the step leaves instead of stalling its parallel regions; normal on a GPU).
 
-| method | end to end / bare | end to end, images/s | bare step, images/s |
-|---|---|---|---|
+| method | end to end / bare | end to end, images/s | bare step, images/s | workers at normal priority: end to end / bare | idle workers (`loader_priority`) |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
 
@@ -271,7 +308,8 @@ study (`medssl-monai study --preset demo`) gives the spread over seeds.
 """
 
 
-SECTIONS: dict[str, Callable] = {"pretrain": section_pretrain, "loader": section_loader, "memory": section_memory,
+SECTIONS: dict[str, Callable] = {"pretrain": section_pretrain, "optimizer": section_optimizer,
+                                 "loader": section_loader, "memory": section_memory,
                                  "data": section_data, "3d": section_3d, "demo_task": section_demo_task}
 
 

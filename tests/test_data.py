@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Randomizable
 from PIL import Image
 
 from conftest import assert_ended, descendants
@@ -339,3 +340,41 @@ def test_demo_label_volumes_share_their_image_grid_and_the_split_is_by_patient(d
         hu = np.asarray(image.dataobj)
         dense = np.isin(values, [3, 4, 5, 7, 8, 9])  # liver, heart, aorta, bone: all but the air-filled organs
         assert np.median(hu[dense]) > -100 > -400 > np.median(hu[np.isin(values, [1, 2])])  # image not flipped
+
+
+class _WorkerFacts(torch.utils.data.Dataset, Randomizable):
+    """Each item: the reading worker's scheduling policy and a draw from the dataset's own random state (which
+    MONAI's worker_init_fn seeds per worker)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.tensor([os.sched_getscheduler(0), self.R.randint(1 << 30)])
+
+
+@pytest.mark.parametrize(("priority", "device", "policy"), [("auto", "cpu", "SCHED_IDLE"), ("idle", "cuda", "SCHED_IDLE"),
+                                                            ("auto", "cuda", "SCHED_OTHER"), ("normal", "cpu", "SCHED_OTHER")])
+def test_loader_workers_yield_the_cpu_to_a_cpu_step(priority, device, policy):
+    from monai.data import DataLoader
+
+    from medssl_monai.data import WorkerInit
+
+    def facts(worker_init_fn):
+        loader = DataLoader(_WorkerFacts(), batch_size=2, num_workers=2, generator=torch.Generator().manual_seed(1),
+                            **({"worker_init_fn": worker_init_fn} if worker_init_fn else {}))
+        return torch.cat(list(loader))
+
+    ours, monais = facts(WorkerInit(priority, device)), facts(None)
+    assert set(ours[:, 0].tolist()) == {getattr(os, policy)}
+    assert set(monais[:, 0].tolist()) == {os.SCHED_OTHER} and os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert torch.equal(ours[:, 1], monais[:, 1])  # MONAI's per-worker seeding is kept
+    assert len(set(ours[:, 1].tolist())) == 4
+
+
+def test_loader_priority_is_checked():
+    from medssl_monai.data import resolve_loader_priority
+
+    assert resolve_loader_priority(" Auto", torch.device("cpu")) == "idle"
+    with pytest.raises(ValueError, match="loader_priority must be one of auto, idle, normal, got 'low'"):
+        resolve_loader_priority("low", "cpu")

@@ -18,6 +18,7 @@ from medssl_monai.data.downstream import (
 from medssl_monai.data.sampling import ResumableSampler, SeededDataset
 from medssl_monai.data.views import MultiViewd, ct_augmentation
 from medssl_monai.data.transforms import HU_WINDOWS, FiniteCheckd, HUWindowd, ct_loading, resolve_window
+from medssl_monai.data.workers import WorkerInit, resolve_loader_priority
 from medssl_monai.data.volumes import label_names, volume_dataset, volume_list, volume_patch_dataset, volume_preprocessing
 
 __all__ = [
@@ -46,4 +47,6 @@ __all__ = [
     "volume_list",
     "volume_patch_dataset",
     "volume_preprocessing",
+    "WorkerInit",
+    "resolve_loader_priority",
 ]
