@@ -3,8 +3,9 @@
 Runs, on this machine: the data path (``bench_data``), memory as the archive grows (``bench_memory``), each
 pre-training method's step against its peer and its compute ideal with the speed levers (``bench_pretrain``),
 each bundle's optimiser with and without ``foreach`` (``bench_optimizer``), each bundle end to end against its
-bare step (``bench_loader``), the 3D steps, and whether the demo task can be learned (``bench_demo_task``). The report names the machine, the date and the library versions, puts the ratios
-and the project's targets first, and gives every rate as the median with its range over the rounds.
+bare step (``bench_loader``), the 3D steps, and whether the demo task can be learned (``bench_demo_task``). The
+report names the machine, the date and the library versions, puts the ratios and the project's targets first, and
+gives every rate as the median with its range over the rounds.
 Peers: lightly (the ``test`` extra) and, with ``--spark_repo``, a checkout of the official SparK (the ``bench``
 extra); neither is a runtime dependency.
 Usage: python benchmarks/run_all.py [--spark_repo /tmp/SparK] [--rounds 3] [--sections pretrain loader]

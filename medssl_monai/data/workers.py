@@ -2,11 +2,11 @@
 
 A step on the CPU runs on every core (torch's intra-op threads), in parallel regions that wait for their slowest
 thread. A loader worker at the same priority takes a core from one of those threads for a few milliseconds at a
-time, and the whole region waits: on 2 cores, two workers doing 3 % of the machine's work cost MoCo v2 11 % of its
-step rate (``docs/benchmarks.md``). At idle priority (Linux ``SCHED_IDLE``; ``nice 19`` where the platform has no
-such policy) a worker runs only on cycles the step leaves, while it waits for a batch included, so loading overlaps
-the step where it can and never slows it. On a GPU the step waits on the device and the workers are what keep it
-fed: they stay at normal priority there.
+time, and the whole region waits: on 2 cores, two workers doing about 3 % of the machine's work cost MoCo v2 about
+11 % of its step rate (``docs/performance.md``). At idle priority (Linux ``SCHED_IDLE``; ``nice 19`` where the
+platform has no such policy) a worker runs on the cycles the step leaves, the moments it waits for a batch
+included, so loading overlaps the step without preempting its threads. On a GPU the step waits on the device and
+the workers are what keeps it fed: they stay at normal priority there.
 """
 
 from __future__ import annotations
