@@ -37,6 +37,20 @@ def test_masked_positions_are_zero_after_every_stage(model):
         assert out[~hidden].abs().sum() > 0
 
 
+def test_mask_context_upsamples_each_mask_once_per_size():
+    ctx = MaskContext()
+    first, second = torch.rand(2, 1, 4, 4) > 0.5, torch.rand(2, 1, 4, 4) > 0.5
+    ctx.mask = first
+    at_16 = ctx.at((16, 16))
+    assert ctx.at([16, 16]) is at_16  # reused by every module at that size
+    assert torch.equal(at_16, upsample_mask(first, (16, 16)))
+    ctx.mask = second  # a new mask forgets the old one's upsamplings
+    assert torch.equal(ctx.at((16, 16)), upsample_mask(second, (16, 16)))
+    ctx.mask = None
+    with pytest.raises(RuntimeError, match="without a mask"):
+        ctx.at((16, 16))
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_sparse_batch_norm_statistics_are_those_of_visible_positions(dims):
     ctx = MaskContext()

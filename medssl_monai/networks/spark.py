@@ -40,16 +40,32 @@ def upsample_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class MaskContext:
-    """The current mask, shared by every sparse module of one encoder: (B, 1, *grid) bool on the coarsest grid."""
+    """The current mask, shared by every sparse module of one encoder: (B, 1, *grid) bool on the coarsest grid.
+
+    Its upsampling to each feature map size is made once per mask and reused by every module at that size
+    (ResNet50 has about 100 sparse modules, over five sizes); assign a new mask rather than editing one in place.
+    """
 
     def __init__(self) -> None:
-        self.mask: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._upsampled: dict[tuple[int, ...], torch.Tensor] = {}
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self._mask
+
+    @mask.setter
+    def mask(self, mask: torch.Tensor | None) -> None:
+        self._mask, self._upsampled = mask, {}
 
     def at(self, size: Sequence[int]) -> torch.Tensor:
         """The mask upsampled to a feature map of spatial ``size``: (B, 1, *size) bool."""
-        if self.mask is None:
+        if self._mask is None:
             raise RuntimeError("sparse module called without a mask: call the encoder with (x, mask)")
-        return upsample_mask(self.mask, size)
+        size = tuple(size)
+        if size not in self._upsampled:
+            self._upsampled[size] = upsample_mask(self._mask, size)
+        return self._upsampled[size]
 
 
 class _MaskedOutput:
