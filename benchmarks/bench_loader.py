@@ -1,20 +1,25 @@
-"""A pre-training bundle end to end against its bare step: is the data pipeline keeping the step fed?
+"""A bundle end to end against its bare step: is the data pipeline keeping the step fed?
 
-The bundle's own config (``bundles/<method>_pretrain/configs/train.json``, demo data, k-NN monitor off) is
-built once per process through MONAI's ConfigWorkflow. End to end: its trainer fed by its DataLoader
-(``num_workers`` processes reading slices, windowing, cropping, making the views), with its handlers, stopped
-after ``--warmup`` + ``--steps`` iterations; images/s from those after the warm-up. Bare: the same trainer's
-step on one batch held in memory, no loader and no handlers. The ``loader_priority`` lever too: end to end once
-more with the workers at ``normal`` CPU priority (the default ``auto`` puts them at idle priority when the step runs
-on the CPU). Each measurement in its own process, alternating, median of ``--rounds``. Prints the rates and the
-ratios (the project's target: end to end at least 0.9 of the bare step).
-Usage: python benchmarks/bench_loader.py --method spark [--backbone resnet50 --image_size 96 --batch_size 8
---num_workers 2 --steps 24 --rounds 2 --dataset_dir data/demo]
+The bundle's own config (``bundles/<bundle>/configs/train.json``, demo data; pre-training: k-NN monitor off;
+fine-tuning: from random initialisation, the backbone not frozen, no validation inside the timed iterations) is built once per process
+through MONAI's ConfigWorkflow. End to end: its trainer fed by its DataLoader (``num_workers`` processes reading
+slices, windowing, cropping, making the views), with its handlers, stopped after ``--warmup`` + ``--steps``
+iterations; images/s from those after the warm-up. Bare: the same trainer's step on one batch held in memory, no
+loader and no handlers. Each in its own process, alternating, median of ``--rounds``.
+
+The ``loader_priority`` lever is decided in one process per round, where a shared VM's slow spells cannot fall on
+one side only: blocks of ``--block`` iterations of the trainer's step, fed in turn by the bundle's DataLoader with
+its workers at idle and at normal CPU priority (the first 3 of each block, served from what the workers fetched
+while the other block ran, are not timed); the effect is the median over the pairs of blocks.
+Prints the rates and the ratios (the project's target: end to end at least 0.9 of the bare step).
+Usage: python benchmarks/bench_loader.py --bundle spark_pretrain [--backbone resnet50 --image_size 96
+--batch_size 8 --num_workers 2 --steps 24 --rounds 2 --blocks 3 --block 10 --dataset_dir data/demo]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -25,30 +30,67 @@ import torch
 from common import alternate, device_name
 
 ROOT = Path(__file__).resolve().parents[1]
+PRETRAIN = ("moco_pretrain", "byol_pretrain", "swav_pretrain", "spark_pretrain")
+BUNDLES = (*PRETRAIN, "ct_classification", "ct_segmentation")
+KINDS = ("end to end", "bare", "priority")
+SKIPPED = 3  # iterations at the start of a priority block, fed by batches fetched during the block before
 
 
-def _workflow(method: str, overrides: dict, ckpt_dir: str):
+def _workflow(bundle: str, overrides: dict, ckpt_dir: str):
     from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(config_file=str(ROOT / "bundles" / f"{method}_pretrain" / "configs" / "train.json"),
-                              workflow_type="train", ckpt_dir=ckpt_dir, log_dir=f"{ckpt_dir}/logs", monitor_interval=0,
-                              progress=False, resume=False, **overrides)
+    if bundle in PRETRAIN:
+        overrides = {"monitor_interval": 0, **overrides}
+    else:  # no encoder to look for, the backbone trained from the start, no validation between the timed iterations
+        overrides = {"pretrained_checkpoint": None, "freeze_epochs": 0, "val_interval": 10**6, "max_epochs": 10**6,
+                     **overrides}
+    workflow = ConfigWorkflow(config_file=str(ROOT / "bundles" / bundle / "configs" / "train.json"),
+                              workflow_type="train", ckpt_dir=ckpt_dir, log_dir=f"{ckpt_dir}/logs", progress=False,
+                              resume=False, **overrides)
     workflow.initialize()
     return workflow
 
 
-KINDS = {"end to end": {}, "bare": {}, "end to end, normal priority": {"loader_priority": "normal"}}
+def _at_priority(loader, priority: str, device: torch.device):
+    """A shallow copy of the bundle's DataLoader (same dataset, sampler, generator) whose workers start at
+    ``priority``, with an iterator of its own."""
+    from medssl_monai.data import WorkerInit
+
+    other = copy.copy(loader)
+    other.__dict__.update(worker_init_fn=WorkerInit(priority, device), _iterator=None)
+    return other
 
 
-def _measure(kind: str, method: str, overrides: dict, steps: int, warmup: int, queue: mp.Queue) -> None:
+def _priority_blocks(trainer, device: torch.device, blocks: int, block: int) -> list[float]:
+    """idle over normal: the rate of the step fed by idle-priority workers over that fed by normal-priority ones,
+    for each of ``blocks`` pairs of blocks of ``block`` iterations."""
+    batches = {p: iter(_at_priority(trainer.data_loader, p, device)) for p in ("idle", "normal")}
+    ratios = []
+    for _ in range(blocks):
+        seconds = {}
+        for priority, loader in batches.items():
+            for i in range(block):
+                if i == SKIPPED:
+                    start = time.perf_counter()
+                trainer._iteration(trainer, next(loader))
+            seconds[priority] = time.perf_counter() - start
+        ratios.append(seconds["normal"] / seconds["idle"])
+    return ratios
+
+
+def _measure(kind: str, bundle: str, overrides: dict, steps: int, warmup: int, blocks: int, block: int,
+             queue: mp.Queue) -> None:
     from ignite.engine import Events
 
     torch.manual_seed(0)
-    overrides = {**overrides, **KINDS[kind]}
     with tempfile.TemporaryDirectory() as ckpt_dir:
-        workflow = _workflow(method, overrides, ckpt_dir)
+        workflow = _workflow(bundle, overrides, ckpt_dir)
         trainer = workflow.trainer
         batch = overrides["batch_size"]
+        if kind == "priority":
+            queue.put(statistics.median(_priority_blocks(trainer, workflow.parser.get_parsed_content("device"),
+                                                         blocks, block)))
+            return
         if kind == "bare":
             data = next(iter(trainer.data_loader))  # one batch, held in memory
             for i in range(warmup + steps):
@@ -60,20 +102,22 @@ def _measure(kind: str, method: str, overrides: dict, steps: int, warmup: int, q
         stamps: list[float] = []
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: stamps.append(time.perf_counter()))
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=warmup + steps), lambda e: e.terminate())
-        workflow.run()
+        trainer.run()  # the bundle's training alone (fine-tuning bundles test after it)
         timed = stamps[warmup - 1:]  # from the end of the warm-up iterations to the end of the last one
         queue.put((len(timed) - 1) * batch / (timed[-1] - timed[0]))
 
 
-def compare(method: str, overrides: dict, steps: int, warmup: int, rounds: int) -> dict[str, list[float]]:
-    """images/s of the bundle ``end to end`` (its default levers), of its ``bare`` step, and ``end to end, normal
-    priority`` (the workers at normal CPU priority) over ``rounds``, alternating."""
-    return alternate(_measure, list(KINDS), rounds, method, overrides, steps, warmup)
+def compare(bundle: str, overrides: dict, steps: int, warmup: int, rounds: int, blocks: int = 3,
+            block: int = 10) -> dict[str, list[float]]:
+    """Over ``rounds``, alternating: images/s of the bundle ``end to end`` (its default levers) and of its
+    ``bare`` step, and ``priority``: the step's rate fed by idle-priority workers over normal-priority ones (the
+    median of ``blocks`` pairs in one process)."""
+    return alternate(_measure, KINDS, rounds, bundle, overrides, steps, warmup, blocks, block)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--method", choices=["spark", "moco", "byol", "swav"], default="spark")
+    parser.add_argument("--bundle", choices=BUNDLES, default="spark_pretrain")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--image_size", type=int, default=96)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -81,20 +125,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--dataset_dir", default=None, help="default: the demo collection")
+    parser.add_argument("--blocks", type=int, default=3)
+    parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--dataset_dir", default=None, help="default: the bundle's demo collection")
     args = parser.parse_args()
+    if args.block <= SKIPPED + 1:
+        parser.error(f"--block must exceed {SKIPPED + 1}: its first {SKIPPED} iterations are not timed")
     overrides = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
                  "num_workers": args.num_workers}
     if args.dataset_dir:
         overrides["dataset_dir"] = args.dataset_dir
-    rates = compare(args.method, overrides, args.steps, args.warmup, args.rounds)
-    print(f"device: {device_name()}; torch {torch.__version__}; {args.method}, {args.backbone}, batch {args.batch_size}, "
-          f"{args.image_size} px, {args.num_workers} loader workers, {args.steps} steps after {args.warmup}")
+    rates = compare(args.bundle, overrides, args.steps, args.warmup, args.rounds, args.blocks, args.block)
+    print(f"device: {device_name()}; torch {torch.__version__}; {args.bundle}, {args.backbone}, batch "
+          f"{args.batch_size}, {args.image_size} px, {args.num_workers} loader workers, {args.steps} steps after "
+          f"{args.warmup}")
     median = {kind: statistics.median(values) for kind, values in rates.items()}
-    for kind, values in rates.items():
-        print(f"{kind:>27}: {median[kind]:7.2f} images/s ({min(values):.2f}-{max(values):.2f})")
-    print(f"ratio end to end / bare step: {median['end to end'] / median['bare']:.2f}; with the workers at normal "
-          f"priority: {median['end to end, normal priority'] / median['bare']:.2f}")
+    for kind in ("end to end", "bare"):
+        print(f"{kind:>10}: {median[kind]:7.2f} images/s ({min(rates[kind]):.2f}-{max(rates[kind]):.2f})")
+    print(f"ratio end to end / bare step: {median['end to end'] / median['bare']:.2f}")
+    print(f"idle / normal-priority workers (one process, {args.blocks} pairs of {args.block}-iteration blocks per "
+          f"round): {median['priority']:.2f}x ({min(rates['priority']):.2f}-{max(rates['priority']):.2f})")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def _lever_on(lever: str, default: object, device: str) -> bool:
     return as_bool(default, lever)
 
 
-def lever_effects(label: str, method: str, levers: dict[str, float], targets: list[Target] | None,
+def lever_effects(label: str, bundle: str, levers: dict[str, float], targets: list[Target] | None,
                   config: str = "train.json") -> list[str]:
     """Each lever's effect beside the bundle's default (from ``config``), as table cells; adds to ``targets``
     (unless None) the target that a lever be on by default where it wins here and off where it loses
@@ -81,7 +81,7 @@ def lever_effects(label: str, method: str, levers: dict[str, float], targets: li
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cells = []
     for lever, effect in levers.items():
-        default = bundle_default(f"{method}_pretrain", lever, config)
+        default = bundle_default(bundle, lever, config)
         cells.append(f"{effect:.2f}x (default {json.dumps(default)})")
         if default is None or targets is None:  # None: torch's own choice
             continue
@@ -168,7 +168,7 @@ def section_pretrain(args, targets: list[Target]) -> str:
         rows.append(f"| {name} | {s.ours_over_peer:.2f} | {s.ours_over_ideal:.2f} | {ranged(s.rates['ours'])} | "
                     f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | "
                     f"{passes} | {s.ideal[0]:.2f} |")
-        effects = lever_effects(name, method, {k: s.levers[k] for k in LEVERS}, targets)
+        effects = lever_effects(name, f"{method}_pretrain", {k: s.levers[k] for k in LEVERS}, targets)
         levers.append(f"| {name} | " + " | ".join(effects) + " |")
         memory.append(f"{name} {s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f}")
     unit = "MiB of CUDA peak allocation" if torch.cuda.is_available() else "MiB max RSS"
@@ -229,25 +229,31 @@ def section_loader(args, targets: list[Target]) -> str:
     import bench_loader
 
     rows = []
-    for method, name in METHODS.items():
+    names = {**{f"{m}_pretrain": name for m, name in METHODS.items()}, "ct_classification": "`ct_classification`",
+             "ct_segmentation": "`ct_segmentation`"}
+    for bundle in bench_loader.BUNDLES:
         overrides = {"backbone": "resnet50", "image_size": 96, "batch_size": 8, "num_workers": 2}
-        rates = bench_loader.compare(method, overrides, 24, 2, args.loader_rounds)
+        rates = bench_loader.compare(bundle, overrides, 24, 2, args.loader_rounds)
         e2e, bare = median_range(rates["end to end"]), median_range(rates["bare"])
-        normal = median_range(rates["end to end, normal priority"])
-        targets.append(ratio_target(f"{name} bundle end to end / its bare step", e2e, bare, 0.9))
-        idle = lever_effects(f"{name} end to end", method, {"loader_priority": e2e[0] / normal[0]}, targets)
-        rows.append(f"| {name} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} | {normal[0] / bare[0]:.2f} | "
-                    f"{idle[0]} |")
-    return f"""## Bundles end to end (`python benchmarks/bench_loader.py --method M`)
+        priority = median_range(rates["priority"])
+        targets.append(ratio_target(f"{names[bundle]} bundle end to end / its bare step", e2e, bare, 0.9))
+        idle = lever_effects(f"{names[bundle]} end to end", bundle, {"loader_priority": priority[0]}, targets)
+        rows.append(f"| {names[bundle]} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} | "
+                    f"{ranged(priority)} | {idle[0]} |")
+    return f"""## Bundles end to end (`python benchmarks/bench_loader.py --bundle B`)
 
-Each pre-training bundle's own config on the demo data (ResNet50, batch 8, 96 px, `num_workers` 2, k-NN monitor
-off, its default levers), built through MONAI's ConfigWorkflow: 24 iterations after 2 of warm-up, fed by its
-DataLoader with its handlers, against the same trainer's step on one batch held in memory; {args.loader_rounds}
-rounds alternating, each in its own process. Once more end to end with the loader workers at normal CPU priority:
-the `loader_priority` lever (`auto`: idle priority when the step runs on the CPU, so that the workers take only the
-cycles the step leaves instead of stalling its parallel regions; normal on a GPU).
+Each bundle's own config on the demo data (ResNet50, batch 8, 96 px, `num_workers` 2, its default levers;
+pre-training: k-NN monitor off; fine-tuning: from random initialisation, the backbone trained from the first
+iteration, no validation between the timed iterations), built through MONAI's ConfigWorkflow: 24 iterations
+after 2 of warm-up, fed by its DataLoader with its handlers, against the same trainer's step on one batch held in
+memory; {args.loader_rounds} rounds alternating, each in its own process. The `loader_priority` lever (`auto`:
+idle CPU priority for the loader workers when the step runs on the CPU, so that they take only the cycles the
+step leaves instead of stalling its parallel regions; normal on a GPU) is measured in one process per round, where
+a slow spell of the machine cannot fall on one side only: 3 pairs of 10-iteration blocks of the trainer's step,
+fed in turn by idle- and normal-priority workers (the first 3 iterations of a block not timed); the step's rate
+with idle workers over that with normal ones, the median of the pairs, then of the rounds.
 
-| method | end to end / bare | end to end, images/s | bare step, images/s | workers at normal priority: end to end / bare | idle workers (`loader_priority`) |
+| bundle | end to end / bare | end to end, images/s | bare step, images/s | idle / normal-priority workers, over the rounds | `loader_priority` |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
@@ -261,7 +267,7 @@ def section_3d(args, targets: list[Target]) -> str:
         setting = bench_pretrain.Setting(method, backbone="resnet18", size=48, batch=2, steps=2, spatial_dims=3)
         s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, levers, 1))
         peer = "lightly" if method == "moco" else "supervised step"
-        effects = lever_effects(f"3D {METHODS[method]}", method, {k: s.levers[k] for k in levers}, None,
+        effects = lever_effects(f"3D {METHODS[method]}", f"{method}_pretrain", {k: s.levers[k] for k in levers}, None,
                                 "train_3d.json")
         rows.append(f"| {METHODS[method]} | {s.ours_over_peer:.2f} ({peer}) | {s.ours_over_ideal:.2f} | "
                     f"{s.rates['ours'][0]:.3f} | {s.rates[s.peer][0]:.3f} | "

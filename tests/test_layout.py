@@ -109,3 +109,33 @@ def test_compose_config_sets_nested_ids_and_places_new_ones_at_the_marker():
     assert list(out) == ["a", "lr", "other#deep", "net", "hs"]
     assert out["a"] == 2 and out["net"] == {"_target_": "X", "k": 3, "extra": "@lr"} and out["hs"][1] == {"x": 5}
     assert common["net"] == {"_target_": "X", "k": 1}  # the source is not changed
+
+
+def _worker_loaders(node: object) -> list[dict]:
+    """Every DataLoader definition in a config tree that starts worker processes (``num_workers`` from the id)."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("_target_") == "DataLoader" and node.get("num_workers") == "@num_workers":
+            found.append(node)
+        for value in node.values():
+            found += _worker_loaders(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _worker_loaders(value)
+    return found
+
+
+@pytest.mark.parametrize("bundle", sorted(p.name for p in (ROOT / "bundles").iterdir() if p.is_dir()))
+def test_every_bundle_loader_sets_its_workers_priority(bundle):
+    """Every training config's worker-starting DataLoader follows the ``loader_priority`` id (an idle-priority
+    worker stops stalling a CPU step) and keeps MONAI's per-worker seeding through WorkerInit."""
+    for config in sorted((ROOT / "bundles" / bundle / "configs").glob("train*.json")):
+        tree = json.loads(config.read_text())
+        loaders = _worker_loaders(tree)
+        if "train_3d" in config.name and not loaders:  # an overlay of train.json
+            continue
+        assert loaders, f"{config}: no DataLoader with num_workers @num_workers"
+        assert tree.get("loader_priority") == "auto", f"{config}: loader_priority id missing"
+        for loader in loaders:
+            assert loader.get("worker_init_fn") == {"_target_": "medssl_monai.data.WorkerInit",
+                                                    "priority": "@loader_priority", "device": "@device"}, config
