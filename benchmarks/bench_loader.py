@@ -1,16 +1,17 @@
 """A bundle end to end against its bare step: is the data pipeline keeping the step fed?
 
 The bundle's own config (``bundles/<bundle>/configs/train.json``, demo data; pre-training: k-NN monitor off;
-fine-tuning: from random initialisation, the backbone not frozen, no validation inside the timed iterations) is built once per process
-through MONAI's ConfigWorkflow. End to end: its trainer fed by its DataLoader (``num_workers`` processes reading
-slices, windowing, cropping, making the views), with its handlers, stopped after ``--warmup`` + ``--steps``
-iterations; images/s from those after the warm-up. Bare: the same trainer's step on one batch held in memory, no
-loader and no handlers. Each in its own process, alternating, median of ``--rounds``.
+fine-tuning: from random initialisation, the backbone not frozen, no validation inside the timed iterations) is
+built once per process through MONAI's ConfigWorkflow. End to end: its trainer fed by its DataLoader
+(``num_workers`` processes reading slices, windowing, cropping, making the views), with its handlers, stopped
+after ``--warmup`` + ``--steps`` iterations; images/s from those after the warm-up. Bare: the same trainer's step
+on one batch held in memory, no loader and no handlers. Each in its own process, alternating, median of ``--rounds``.
 
 The ``loader_priority`` lever is decided in one process per round, where a shared VM's slow spells cannot fall on
-one side only: blocks of ``--block`` iterations of the trainer's step, fed in turn by the bundle's DataLoader with
-its workers at idle and at normal CPU priority (the first 3 of each block, served from what the workers fetched
-while the other block ran, are not timed); the effect is the median over the pairs of blocks.
+one side only: after one untimed pair, ``--blocks`` pairs of blocks of ``--block`` iterations of the trainer's
+step, fed in turn by the bundle's DataLoader with its workers at idle and at normal CPU priority, the order
+swapped from pair to pair; a block's first iterations, served from what its workers fetched while the other
+block ran (``prefetch_factor`` x ``num_workers`` batches), are not timed. The effect is the median over the pairs.
 Prints the rates and the ratios (the project's target: end to end at least 0.9 of the bare step).
 Usage: python benchmarks/bench_loader.py --bundle spark_pretrain [--backbone resnet50 --image_size 96
 --batch_size 8 --num_workers 2 --steps 24 --rounds 2 --blocks 3 --block 10 --dataset_dir data/demo]
@@ -33,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ("moco_pretrain", "byol_pretrain", "swav_pretrain", "spark_pretrain")
 BUNDLES = (*PRETRAIN, "ct_classification", "ct_segmentation")
 KINDS = ("end to end", "bare", "priority")
-SKIPPED = 3  # iterations at the start of a priority block, fed by batches fetched during the block before
 
 
 def _workflow(bundle: str, overrides: dict, ckpt_dir: str):
@@ -61,20 +61,39 @@ def _at_priority(loader, priority: str, device: torch.device):
     return other
 
 
+def _batches(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock reads finished steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _priority_blocks(trainer, device: torch.device, blocks: int, block: int) -> list[float]:
     """idle over normal: the rate of the step fed by idle-priority workers over that fed by normal-priority ones,
-    for each of ``blocks`` pairs of blocks of ``block`` iterations."""
-    batches = {p: iter(_at_priority(trainer.data_loader, p, device)) for p in ("idle", "normal")}
+    for each of ``blocks`` pairs of blocks of ``block`` iterations (after one untimed pair)."""
+    loaders = {p: _at_priority(trainer.data_loader, p, device) for p in ("idle", "normal")}
+    skipped = (trainer.data_loader.prefetch_factor or 0) * trainer.data_loader.num_workers
+    if block <= skipped + 1:
+        raise ValueError(f"a block of {block} iterations leaves too few to time after the {skipped} prefetched")
+    batches = {p: _batches(loader) for p, loader in loaders.items()}
     ratios = []
-    for _ in range(blocks):
+    for pair in range(blocks + 1):
         seconds = {}
-        for priority, loader in batches.items():
+        for priority in ("idle", "normal") if pair % 2 else ("normal", "idle"):
             for i in range(block):
-                if i == SKIPPED:
+                if i == skipped:
+                    _sync(device)
                     start = time.perf_counter()
-                trainer._iteration(trainer, next(loader))
+                trainer._iteration(trainer, next(batches[priority]))
+            _sync(device)
             seconds[priority] = time.perf_counter() - start
-        ratios.append(seconds["normal"] / seconds["idle"])
+        if pair:  # the first pair starts the workers and warms the step up
+            ratios.append(seconds["normal"] / seconds["idle"])
     return ratios
 
 
@@ -87,16 +106,18 @@ def _measure(kind: str, bundle: str, overrides: dict, steps: int, warmup: int, b
         workflow = _workflow(bundle, overrides, ckpt_dir)
         trainer = workflow.trainer
         batch = overrides["batch_size"]
+        device = workflow.parser.get_parsed_content("device")
         if kind == "priority":
-            queue.put(statistics.median(_priority_blocks(trainer, workflow.parser.get_parsed_content("device"),
-                                                         blocks, block)))
+            queue.put(statistics.median(_priority_blocks(trainer, device, blocks, block)))
             return
         if kind == "bare":
             data = next(iter(trainer.data_loader))  # one batch, held in memory
             for i in range(warmup + steps):
                 if i == warmup:
+                    _sync(device)
                     start = time.perf_counter()
                 trainer._iteration(trainer, data)
+            _sync(device)
             queue.put(steps * batch / (time.perf_counter() - start))
             return
         stamps: list[float] = []
@@ -129,8 +150,6 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--dataset_dir", default=None, help="default: the bundle's demo collection")
     args = parser.parse_args()
-    if args.block <= SKIPPED + 1:
-        parser.error(f"--block must exceed {SKIPPED + 1}: its first {SKIPPED} iterations are not timed")
     overrides = {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
                  "num_workers": args.num_workers}
     if args.dataset_dir:

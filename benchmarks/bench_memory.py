@@ -34,8 +34,8 @@ def _measure(kind: str, collections: dict[int, str], queue: mp.Queue) -> None:
 
     cache, patients = kind.split()
     with tempfile.TemporaryDirectory() as tmp:
-        workflow = _workflow("spark", {**SETTINGS, "dataset_dir": collections[int(patients)], "cache": cache,
-                                       "cache_dir": f"{tmp}/cache"}, tmp)
+        overrides = {**SETTINGS, "dataset_dir": collections[int(patients)], "cache": cache, "cache_dir": f"{tmp}/cache"}
+        workflow = _workflow("spark_pretrain", overrides, tmp)
         stamps: list[float] = []
         workflow.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: stamps.append(time.perf_counter()))
         workflow.run()

@@ -249,8 +249,9 @@ after 2 of warm-up, fed by its DataLoader with its handlers, against the same tr
 memory; {args.loader_rounds} rounds alternating, each in its own process. The `loader_priority` lever (`auto`:
 idle CPU priority for the loader workers when the step runs on the CPU, so that they take only the cycles the
 step leaves instead of stalling its parallel regions; normal on a GPU) is measured in one process per round, where
-a slow spell of the machine cannot fall on one side only: 3 pairs of 10-iteration blocks of the trainer's step,
-fed in turn by idle- and normal-priority workers (the first 3 iterations of a block not timed); the step's rate
+a slow spell of the machine cannot fall on one side only: after an untimed pair, 3 pairs of 10-iteration blocks
+of the trainer's step, fed in turn by idle- and normal-priority workers, the order swapped from pair to pair (a
+block's first iterations, fed by batches its workers fetched during the other block, not timed); the step's rate
 with idle workers over that with normal ones, the median of the pairs, then of the rounds.
 
 | bundle | end to end / bare | end to end, images/s | bare step, images/s | idle / normal-priority workers, over the rounds | `loader_priority` |

@@ -1,5 +1,6 @@
 """The architecture holds: layers import only downward, the CLI starts without torch, no module shadows the
-standard library, and the pre-training bundles' configs are composed from their one shared source."""
+standard library, the pre-training bundles' configs are composed from their one shared source, and every bundle's
+loader workers follow its `loader_priority`."""
 
 import ast
 import json
@@ -111,11 +112,12 @@ def test_compose_config_sets_nested_ids_and_places_new_ones_at_the_marker():
     assert common["net"] == {"_target_": "X", "k": 1}  # the source is not changed
 
 
+
 def _worker_loaders(node: object) -> list[dict]:
-    """Every DataLoader definition in a config tree that starts worker processes (``num_workers`` from the id)."""
+    """Every DataLoader definition in a config tree that may start worker processes (``num_workers`` not 0)."""
     found = []
     if isinstance(node, dict):
-        if node.get("_target_") == "DataLoader" and node.get("num_workers") == "@num_workers":
+        if node.get("_target_") == "DataLoader" and node.get("num_workers", 0) != 0:
             found.append(node)
         for value in node.values():
             found += _worker_loaders(value)
@@ -127,15 +129,13 @@ def _worker_loaders(node: object) -> list[dict]:
 
 @pytest.mark.parametrize("bundle", sorted(p.name for p in (ROOT / "bundles").iterdir() if p.is_dir()))
 def test_every_bundle_loader_sets_its_workers_priority(bundle):
-    """Every training config's worker-starting DataLoader follows the ``loader_priority`` id (an idle-priority
+    """Every DataLoader of a bundle that starts workers follows the ``loader_priority`` id (an idle-priority
     worker stops stalling a CPU step) and keeps MONAI's per-worker seeding through WorkerInit."""
-    for config in sorted((ROOT / "bundles" / bundle / "configs").glob("train*.json")):
-        tree = json.loads(config.read_text())
-        loaders = _worker_loaders(tree)
-        if "train_3d" in config.name and not loaders:  # an overlay of train.json
-            continue
-        assert loaders, f"{config}: no DataLoader with num_workers @num_workers"
-        assert tree.get("loader_priority") == "auto", f"{config}: loader_priority id missing"
-        for loader in loaders:
+    configs = ROOT / "bundles" / bundle / "configs"
+    assert json.loads((configs / "train.json").read_text()).get("loader_priority") == "auto"
+    loaders = {config.name: _worker_loaders(json.loads(config.read_text())) for config in configs.glob("*.json")}
+    assert loaders["train.json"], f"{bundle}: train.json has no DataLoader with workers"
+    for name, found in loaders.items():
+        for loader in found:
             assert loader.get("worker_init_fn") == {"_target_": "medssl_monai.data.WorkerInit",
-                                                    "priority": "@loader_priority", "device": "@device"}, config
+                                                    "priority": "@loader_priority", "device": "@device"}, name
