@@ -268,8 +268,8 @@ def section_3d(args, targets: list[Target]) -> str:
         setting = bench_pretrain.Setting(method, backbone="resnet18", size=48, batch=2, steps=2, spatial_dims=3)
         s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, levers, 1))
         peer = "lightly" if method == "moco" else "supervised step"
-        effects = lever_effects(f"3D {METHODS[method]}", f"{method}_pretrain", {k: s.levers[k] for k in levers}, None,
-                                "train_3d.json")
+        effects = lever_effects(f"3D {METHODS[method]}", f"{method}_pretrain", {k: s.levers[k] for k in levers},
+                                None, "train_3d.json")
         rows.append(f"| {METHODS[method]} | {s.ours_over_peer:.2f} ({peer}) | {s.ours_over_ideal:.2f} | "
                     f"{s.rates['ours'][0]:.3f} | {s.rates[s.peer][0]:.3f} | "
                     f"{s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f} | " + " | ".join(effects) + " |")
