@@ -7,12 +7,14 @@ built once per process through MONAI's ConfigWorkflow. End to end: its trainer f
 after ``--warmup`` + ``--steps`` iterations; images/s from those after the warm-up. Bare: the same trainer's step
 on one batch held in memory, no loader and no handlers. Each in its own process, alternating, median of ``--rounds``.
 
-The ``loader_priority`` lever is decided in one process per round, where a shared VM's slow spells cannot fall on
-one side only: after one untimed pair, ``--blocks`` pairs of blocks of ``--block`` iterations of the trainer's
-step, fed in turn by the bundle's DataLoader with its workers at idle and at normal CPU priority, the order
-swapped from pair to pair; a block's first iterations, served from what its workers fetched while the other
-block ran (``prefetch_factor`` x ``num_workers`` batches), are not timed. The effect is the median over the pairs.
-Prints the rates and the ratios (the project's target: end to end at least 0.9 of the bare step).
+The step fed by the loader is also timed against the bare step in one process per round, where a shared VM's
+slow spells cannot fall on one side only, and so is the ``loader_priority`` lever: after one untimed round,
+``--blocks`` rounds of three blocks of ``--block`` iterations of the trainer's step, fed by the bundle's
+DataLoader with its workers at idle CPU priority, at normal priority, and on one batch held in memory, the order
+rotated from round to round; a block's first iterations (``prefetch_factor`` x ``num_workers``: a fed block's
+are served from what its workers fetched while another block ran) are not timed. Each ratio is the median over
+the rounds: fed at the bundle's priority over bare (no handlers: what the loader costs the step), idle over
+normal. Prints the rates and the ratios (the project's target: end to end at least 0.9 of the bare step).
 Usage: python benchmarks/bench_loader.py --bundle spark_pretrain [--backbone resnet50 --image_size 96
 --batch_size 8 --num_workers 2 --steps 24 --rounds 2 --blocks 3 --block 10 --dataset_dir data/demo]
 """
@@ -33,7 +35,7 @@ from common import alternate, device_name
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ("moco_pretrain", "byol_pretrain", "swav_pretrain", "spark_pretrain")
 BUNDLES = (*PRETRAIN, "ct_classification", "ct_segmentation")
-KINDS = ("end to end", "bare", "priority")
+KINDS = ("end to end", "bare", "paired")
 
 
 def _workflow(bundle: str, overrides: dict, ckpt_dir: str):
@@ -73,28 +75,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _priority_blocks(trainer, device: torch.device, blocks: int, block: int) -> list[float]:
-    """idle over normal: the rate of the step fed by idle-priority workers over that fed by normal-priority ones,
-    for each of ``blocks`` pairs of blocks of ``block`` iterations (after one untimed pair)."""
+def _paired_blocks(trainer, device: torch.device, blocks: int, block: int) -> dict[str, float]:
+    """In this one process, ``blocks`` rounds (after an untimed one) of three blocks of ``block`` iterations of
+    the trainer's step, in an order rotated each round: fed by idle-priority workers, by normal-priority ones,
+    and on one batch held in memory (bare). Returns the medians over the rounds of ``priority``, the rate with
+    idle workers over that with normal ones, and ``fed``, the rate fed at the bundle's own priority over the bare
+    rate."""
     loaders = {p: _at_priority(trainer.data_loader, p, device) for p in ("idle", "normal")}
     skipped = (trainer.data_loader.prefetch_factor or 0) * trainer.data_loader.num_workers
     if block <= skipped + 1:
         raise ValueError(f"a block of {block} iterations leaves too few to time after the {skipped} prefetched")
     batches = {p: _batches(loader) for p, loader in loaders.items()}
-    ratios = []
-    for pair in range(blocks + 1):
+    own = trainer.data_loader.worker_init_fn.priority  # the bundle's loader_priority as it resolves here
+    held = next(batches[own])
+    batches["bare"] = iter(lambda: held, None)
+    kinds, ratios = list(batches), {"priority": [], "fed": []}
+    for r in range(blocks + 1):
         seconds = {}
-        for priority in ("idle", "normal") if pair % 2 else ("normal", "idle"):
+        for kind in kinds[r % 3:] + kinds[:r % 3]:
             for i in range(block):
-                if i == skipped:
+                if i == skipped:  # timed equally for all three, after the batches prefetched by a fed block
                     _sync(device)
                     start = time.perf_counter()
-                trainer._iteration(trainer, next(batches[priority]))
+                trainer._iteration(trainer, next(batches[kind]))
             _sync(device)
-            seconds[priority] = time.perf_counter() - start
-        if pair:  # the first pair starts the workers and warms the step up
-            ratios.append(seconds["normal"] / seconds["idle"])
-    return ratios
+            seconds[kind] = time.perf_counter() - start
+        if r:  # the first round starts the workers and warms the step up
+            ratios["priority"].append(seconds["normal"] / seconds["idle"])
+            ratios["fed"].append(seconds["bare"] / seconds[own])
+    return {name: statistics.median(values) for name, values in ratios.items()}
 
 
 def _measure(kind: str, bundle: str, overrides: dict, steps: int, warmup: int, blocks: int, block: int,
@@ -107,8 +116,8 @@ def _measure(kind: str, bundle: str, overrides: dict, steps: int, warmup: int, b
         trainer = workflow.trainer
         batch = overrides["batch_size"]
         device = workflow.parser.get_parsed_content("device")
-        if kind == "priority":
-            queue.put(statistics.median(_priority_blocks(trainer, device, blocks, block)))
+        if kind == "paired":
+            queue.put(_paired_blocks(trainer, device, blocks, block))
             return
         if kind == "bare":
             data = next(iter(trainer.data_loader))  # one batch, held in memory
@@ -131,9 +140,12 @@ def _measure(kind: str, bundle: str, overrides: dict, steps: int, warmup: int, b
 def compare(bundle: str, overrides: dict, steps: int, warmup: int, rounds: int, blocks: int = 3,
             block: int = 10) -> dict[str, list[float]]:
     """Over ``rounds``, alternating: images/s of the bundle ``end to end`` (its default levers) and of its
-    ``bare`` step, and ``priority``: the step's rate fed by idle-priority workers over normal-priority ones (the
-    median of ``blocks`` pairs in one process)."""
-    return alternate(_measure, KINDS, rounds, bundle, overrides, steps, warmup, blocks, block)
+    ``bare`` step, and from one process per round (:func:`_paired_blocks`, ``blocks`` rounds of blocks):
+    ``priority``, the step's rate fed by idle-priority workers over normal-priority ones, and ``fed``, the step's
+    rate fed at the bundle's priority over its bare rate."""
+    results = alternate(_measure, KINDS, rounds, bundle, overrides, steps, warmup, blocks, block)
+    paired = results.pop("paired")
+    return {**results, **{name: [p[name] for p in paired] for name in ("priority", "fed")}}
 
 
 def main() -> None:
@@ -162,8 +174,10 @@ def main() -> None:
     for kind in ("end to end", "bare"):
         print(f"{kind:>10}: {median[kind]:7.2f} images/s ({min(rates[kind]):.2f}-{max(rates[kind]):.2f})")
     print(f"ratio end to end / bare step: {median['end to end'] / median['bare']:.2f}")
-    print(f"idle / normal-priority workers (one process, {args.blocks} pairs of {args.block}-iteration blocks per "
-          f"round): {median['priority']:.2f}x ({min(rates['priority']):.2f}-{max(rates['priority']):.2f})")
+    print(f"step fed by the loader at the bundle's priority / bare step (one process, {args.blocks} rounds of "
+          f"{args.block}-iteration blocks): {median['fed']:.2f} ({min(rates['fed']):.2f}-{max(rates['fed']):.2f})")
+    print(f"idle / normal-priority workers (the same blocks): {median['priority']:.2f}x "
+          f"({min(rates['priority']):.2f}-{max(rates['priority']):.2f})")
 
 
 if __name__ == "__main__":

@@ -6,16 +6,19 @@ checkout of github.com/keyu-tian/SparK: its sparse encoder on timm's ResNet and 
 as it is written for), or without one a plain supervised step of the backbone. Each method's compute ideal is
 measured in every run (:data:`IDEALS`): a supervised step divided by the method's backbone passes
 (:func:`passes`); for SwAV a supervised step over its own 2 global and 6 local crops (:func:`_supervised_views`);
-for SparK its own encoder, projections and decoder run densely, without masking (:func:`_dense_spark`). Each
-measurement runs in its own process (so peak memory is its own), the kinds alternating over the rounds; prints the median images/s of each with its
-range (images = samples of the batch, whatever the number of views), the ratios, and peak memory (CUDA peak
-allocation on a GPU, process max RSS on CPU). Inputs are random tensors of each method's view shapes, so only
-the step is timed. With ``--spatial_dims 3`` every input is a ``size``-cubed patch and every backbone MONAI's
-3D ResNet (the methods' own and the peers' alike); ``--decoder_width`` sets SparK's decoder.
+for SparK its own encoder, projections and decoder run densely, without masking (:func:`_dense_spark`). All kinds
+are timed in one process (:func:`_blocks`): after a warm-up step each, ``--rounds`` rounds of one block of
+``--steps`` steps per kind, the order rotated each round, so that a slow spell of a shared machine falls on every
+kind of a round alike; each ratio is ours over the other kind within a round, the median over the rounds with its
+range. Peak memory (CUDA peak allocation on a GPU, process max RSS on a CPU) and the first step's time are each
+kind's alone, in a fresh process. Prints the median images/s of each kind with its range (images = samples of
+the batch, whatever the number of views), the ratios and the peaks. Inputs are random tensors of each method's
+view shapes, so only the step is timed. With ``--spatial_dims 3`` every input is a ``size``-cubed patch and every
+backbone MONAI's 3D ResNet (the methods' own and the peers' alike); ``--decoder_width`` sets SparK's decoder.
 ``--levers channels_last,foreach,compile,amp`` also measures ours with each of the trainer's speed ids on
 (compile: steady-state steps after the first, which compiles; amp: bf16 autocast on a CPU, fp16 on a GPU).
 Usage: python benchmarks/bench_pretrain.py --method spark|moco|byol|swav [--backbone resnet50 --size 224
---batch 16 --steps 3 --rounds 2 --spatial_dims 2 --in_channels 1 --decoder_width 768 --levers foreach
+--batch 16 --steps 3 --rounds 6 --spatial_dims 2 --in_channels 1 --decoder_width 768 --levers foreach
 --spark_repo PATH]
 """
 
@@ -26,13 +29,14 @@ import dataclasses
 import itertools
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torchvision
-from common import alternate, device_name, median_range
+from common import alternate, device_name, in_child, median_range, ranged
 
 LOCAL_SIZE_RATIO = 96 / 224  # SwAV's local crops relative to the global ones
 LEVERS = ("channels_last", "foreach", "compile", "amp")  # the trainer's speed ids, each measured on top of "ours"
@@ -234,14 +238,13 @@ BUILDERS = {"ours": _ours, "supervised": _supervised, "supervised_views": _super
             "lightly": _lightly, "official": _official_spark}
 
 
-def _measure(kind: str, setting: Setting, queue: mp.Queue) -> None:
-    """Time ``kind``: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on), ``supervised``,
-    ``supervised_views``, ``dense`` (SparK unmasked), ``lightly`` or ``official``; puts (images/s, peak MiB,
-    seconds of the first step)."""
+def _step(kind: str, setting: Setting, device: torch.device):
+    """One training step of ``kind`` as a callable: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on),
+    ``supervised``, ``supervised_views``, ``dense`` (SparK unmasked), ``lightly`` or ``official``; its model is
+    built, placed and its lazy layers materialised, but no step has run yet."""
     from medssl_monai.optimizers import build_optimizer
     from medssl_monai.utils import channels_last_format, place
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     base, _, lever = kind.partition("+")
     model, loss_fn = BUILDERS[base](setting)
@@ -260,24 +263,59 @@ def _measure(kind: str, setting: Setting, queue: mp.Queue) -> None:
             with torch.autocast(device.type, dtype=dtype):
                 return plain_loss(views)
     opt = build_optimizer(model, "sgd", lr=1e-4, weight_decay=1e-6, foreach=True if lever == "foreach" else None)
-    first = time.perf_counter()
-    for i in range(setting.steps + 1):
-        if i == 1:  # the first step warms up allocators and kernels (and compiles)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            first = start - first
+
+    def step() -> None:
         opt.zero_grad()
         loss_fn(views).backward()
         opt.step()
         if hasattr(model, "update_momentum"):  # as the trainer does after the optimiser step
             model.update_momentum()
+    return step
+
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _blocks(kinds: list[str], setting: Setting, rounds: int, queue: mp.Queue) -> None:
+    """Time every kind in this one process: each built and stepped once (warm-up; compiles), then ``rounds``
+    rounds of one block of ``setting.steps`` steps per kind, the order rotated by one from round to round, so a
+    slow spell of the machine falls on the kinds of a round alike and no kind always follows the same one; puts
+    {kind: seconds of its block, per round}."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    steps = {kind: _step(kind, setting, device) for kind in kinds}
+    for step in steps.values():
+        step()
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for r in range(rounds):
+        for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(setting.steps):
+                steps[kind]()
+            _sync(device)
+            seconds[kind].append(time.perf_counter() - start)
+    queue.put(seconds)
+
+
+def _footprint(kind: str, setting: Setting, queue: mp.Queue) -> None:
+    """Peak memory of ``kind`` alone in this process (CUDA peak allocation on a GPU, max RSS on a CPU) over a
+    first and a second step; puts (peak MiB, seconds of the first step, which warms up allocators and kernels
+    and compiles)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    step = _step(kind, setting, device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - start
+    step()
+    _sync(device)
+    if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((setting.steps * setting.batch / (time.perf_counter() - start), peak, first))
+    queue.put((peak, first))
 
 
 def peer_of(setting: Setting) -> str:
@@ -288,51 +326,61 @@ def peer_of(setting: Setting) -> str:
     return "official" if setting.spark_repo else "supervised"
 
 
-def compare(setting: Setting, levers: list[str], rounds: int) -> dict[str, list[tuple[float, float, float]]]:
-    """(images/s, peak MiB, seconds of the first step) of every kind over ``rounds``, each kind in a fresh
-    process, the kinds alternating: ours, ours with each lever, the peer, and the compute ideal's step
-    (:data:`IDEALS`)."""
+def compare(setting: Setting, levers: list[str], rounds: int) -> dict:
+    """Every kind's block times over ``rounds`` in one process (:func:`_blocks`) and, each kind alone in a fresh
+    process, its peak memory and first step (:func:`_footprint`): ours, ours with each lever, the peer, and the
+    compute ideal's step (:data:`IDEALS`). Returns {"seconds": {kind: [per round]}, "footprint": {kind:
+    (peak MiB, first step s)}}."""
     ideal = IDEALS[setting.method]
     kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer_of(setting), ideal])]
-    return alternate(_measure, kinds, rounds, setting)
+    footprint = {kind: values[0] for kind, values in alternate(_footprint, kinds, 1, setting).items()}
+    return {"seconds": in_child(_blocks, kinds, setting, rounds), "footprint": footprint}
 
 
 @dataclasses.dataclass
 class Summary:
-    """One comparison, read: each kind's median rate and range, peaks, and the ratios."""
+    """One comparison, read: each kind's median rate and range, peaks, and the ratios of ours to every other
+    kind, each the median (and range) over the rounds of the ratio within a round."""
 
     setting: Setting
     rates: dict[str, tuple[float, float, float]]  # kind: (median, lowest, highest) images/s
-    peaks: dict[str, float]  # kind: highest peak MiB over the rounds
-    firsts: dict[str, float]  # kind: slowest first step, seconds
+    peaks: dict[str, float]  # kind: peak MiB, alone in its process
+    firsts: dict[str, float]  # kind: first step, seconds
     peer: str
     passes: float  # the ideal's step count per step of ours (:func:`passes`)
     ideal: tuple[float, float, float]  # images/s: (median, lowest, highest) of the ideal's step / passes
-    levers: dict[str, float]  # lever: rate with it / rate without
+    over: dict[str, tuple[float, float, float]]  # kind: ours' rate / the kind's, median and range over rounds
+    levers: dict[str, float]  # lever: rate with it / rate without, median over rounds
 
     @property
-    def ours_over_peer(self) -> float:
-        return self.rates["ours"][0] / self.rates[self.peer][0]
+    def ours_over_peer(self) -> tuple[float, float, float]:
+        return self.over[self.peer]
 
     @property
-    def ours_over_ideal(self) -> float:
-        return self.rates["ours"][0] / self.ideal[0]
+    def ours_over_ideal(self) -> tuple[float, float, float]:
+        return tuple(v * self.passes for v in self.over[IDEALS[self.setting.method]])
 
 
-def summarise(setting: Setting, results: dict[str, list[tuple[float, float, float]]]) -> Summary:
-    """The medians, ranges and ratios of :func:`compare`'s results."""
-    rates = {kind: median_range([v[0] for v in values]) for kind, values in results.items()}
+def summarise(setting: Setting, results: dict) -> Summary:
+    """The medians, ranges and paired ratios of :func:`compare`'s results."""
+    per_round = {kind: [setting.steps * setting.batch / s for s in seconds]
+                 for kind, seconds in results["seconds"].items()}  # images/s
+    rates = {kind: median_range(values) for kind, values in per_round.items()}
+    over = {kind: median_range([o / k for o, k in zip(per_round["ours"], values)])
+            for kind, values in per_round.items()}
     count = passes(setting.method)
     ideal = tuple(v / count for v in rates[IDEALS[setting.method]])
-    levers = {kind.partition("+")[2]: rates[kind][0] / rates["ours"][0] for kind in rates if "+" in kind}
-    return Summary(setting, rates, {k: max(v[1] for v in vs) for k, vs in results.items()},
-                   {k: max(v[2] for v in vs) for k, vs in results.items()}, peer_of(setting), count, ideal, levers)
+    levers = {kind.partition("+")[2]: statistics.median(k / o for o, k in zip(per_round["ours"], per_round[kind]))
+              for kind in rates if "+" in kind}
+    footprint = results["footprint"]
+    return Summary(setting, rates, {k: v[0] for k, v in footprint.items()}, {k: v[1] for k, v in footprint.items()},
+                   peer_of(setting), count, ideal, over, levers)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", choices=["spark", "moco", "byol", "swav"], default="spark")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6, help="blocks of --steps steps per kind, in one process")
     parser.add_argument("--levers", default="", help=f"comma-separated, of {', '.join(LEVERS)}: each also measured")
     for field in dataclasses.fields(Setting):
         if field.name != "method":
@@ -350,11 +398,12 @@ def main() -> None:
           f"batch {setting.batch}, {shape}, {setting.in_channels} channel(s)"
           + (f", decoder width {setting.decoder_width}" if setting.method == "spark" else ""))
     for kind, (rate, low, high) in summary.rates.items():
-        print(f"{kind:>20}: {rate:8.2f} {'patches' if setting.spatial_dims == 3 else 'images'}/s ({low:.2f}-{high:.2f}), "
-              f"peak {summary.peaks[kind]:8.0f} {unit}, first step {summary.firsts[kind]:.1f} s")
-    print(f"ratio ours/{summary.peer}: {summary.ours_over_peer:.2f}")
+        unit_rate = "patches/s" if setting.spatial_dims == 3 else "images/s"
+        print(f"{kind:>20}: {rate:8.2f} {unit_rate} ({low:.2f}-{high:.2f}), peak {summary.peaks[kind]:8.0f} {unit}, "
+              f"first step {summary.firsts[kind]:.1f} s")
+    print(f"ratio ours/{summary.peer}, paired by round: {ranged(summary.ours_over_peer)}")
     print(f"compute ideal: {IDEALS[setting.method]} / {summary.passes:.2f} passes = {summary.ideal[0]:.2f}/s; "
-          f"ratio ours/ideal: {summary.ours_over_ideal:.2f}")
+          f"ratio ours/ideal, paired by round: {ranged(summary.ours_over_ideal)}")
     for lever, effect in summary.levers.items():
         print(f"effect of {lever}: {effect:.2f}x ours")
 

@@ -21,22 +21,28 @@ from medssl_monai.utils import exit_with_parent
 
 
 def alternate(target: Callable[..., None], kinds: Sequence[str], rounds: int, *args: Any) -> dict[str, list[Any]]:
-    """``target(kind, *args, queue)`` for every kind, each in a fresh spawned process, the kinds alternating over
-    ``rounds``; returns what each call put on its queue, per kind, in round order. On Linux a child's max RSS
-    starts at its parent's (the high-water mark survives fork and exec), so the calling process must not have
-    grown before: anything large runs in a child too."""
-    ctx = mp.get_context("spawn")
+    """``target(kind, *args, queue)`` for every kind, each in a fresh spawned process (:func:`in_child`), the
+    kinds alternating over ``rounds``; returns what each call put on its queue, per kind, in round order."""
     results: dict[str, list[Any]] = {kind: [] for kind in kinds}
     for _ in range(rounds):
         for kind in kinds:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_child, args=(os.getpid(), target, kind, *args, queue))
-            proc.start()
-            proc.join()
-            if proc.exitcode:
-                raise RuntimeError(f"measuring {kind} failed (exit {proc.exitcode}); its error is printed above")
-            results[kind].append(queue.get())
+            results[kind].append(in_child(target, kind, *args))
     return results
+
+
+def in_child(target: Callable[..., None], *args: Any) -> Any:
+    """``target(*args, queue)`` in a fresh spawned process; returns what it put on its queue. On Linux a child's
+    max RSS starts at its parent's (the high-water mark survives fork and exec), so the calling process must not
+    have grown before: anything large runs in a child too."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(os.getpid(), target, *args, queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode:
+        raise RuntimeError(f"{getattr(target, '__name__', target)}{args[:1]} failed (exit {proc.exitcode}); its "
+                           "error is printed above")
+    return queue.get()
 
 
 def _child(parent: int, target: Callable[..., None], *args: Any) -> None:

@@ -8,7 +8,7 @@ report names the machine, the date and the library versions, puts the ratios and
 gives every rate as the median with its range over the rounds.
 Peers: lightly (the ``test`` extra) and, with ``--spark_repo``, a checkout of the official SparK (the ``bench``
 extra); neither is a runtime dependency.
-Usage: python benchmarks/run_all.py [--spark_repo /tmp/SparK] [--rounds 3] [--sections pretrain loader]
+Usage: python benchmarks/run_all.py [--spark_repo /tmp/SparK] [--rounds 6] [--sections pretrain loader]
        [--out docs/benchmarks.md]
 """
 
@@ -58,10 +58,13 @@ def ratio_target(name: str, top: tuple[float, float, float], bottom: tuple[float
                  at_least: bool = True) -> Target:
     """The target that the ratio of two ranged rates (:func:`median_range`) be at least (at most) ``goal``; the
     ratio's range runs from the lowest over the highest to the highest over the lowest."""
-    value = top[0] / bottom[0]
-    return Target(name, f"{'>=' if at_least else '<='} {goal:g}",
-                  ranged((value, top[1] / bottom[2], top[2] / bottom[1])),
-                  value >= goal if at_least else value <= goal)
+    return goal_target(name, (top[0] / bottom[0], top[1] / bottom[2], top[2] / bottom[1]), goal, at_least)
+
+
+def goal_target(name: str, ratio: tuple[float, float, float], goal: float, at_least: bool = True) -> Target:
+    """The target that a ranged ratio's median be at least (at most) ``goal``."""
+    return Target(name, f"{'>=' if at_least else '<='} {goal:g}", ranged(ratio),
+                  ratio[0] >= goal if at_least else ratio[0] <= goal)
 
 
 def _lever_on(lever: str, default: object, device: str) -> bool:
@@ -162,10 +165,10 @@ def section_pretrain(args, targets: list[Target]) -> str:
         s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, LEVERS, args.rounds))
         peer = {"lightly": "lightly", "official": "official SparK", "supervised": "supervised step"}[s.peer]
         goal = 1.5 if s.peer == "official" else 1.0
-        targets.append(ratio_target(f"{name} step / {peer}'s", s.rates["ours"], s.rates[s.peer], goal))
-        targets.append(ratio_target(f"{name} step / its compute ideal", s.rates["ours"], s.ideal, 0.9))
+        targets.append(goal_target(f"{name} step / {peer}'s", s.ours_over_peer, goal))
+        targets.append(goal_target(f"{name} step / its compute ideal", s.ours_over_ideal, 0.9))
         passes = {"spark": "1 (unmasked step)", "swav": "1 (step over its 8 views)"}.get(method, f"{s.passes:.2f}")
-        rows.append(f"| {name} | {s.ours_over_peer:.2f} | {s.ours_over_ideal:.2f} | {ranged(s.rates['ours'])} | "
+        rows.append(f"| {name} | {s.ours_over_peer[0]:.2f} | {s.ours_over_ideal[0]:.2f} | {ranged(s.rates['ours'])} | "
                     f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | "
                     f"{passes} | {s.ideal[0]:.2f} |")
         effects = lever_effects(name, f"{method}_pretrain", {k: s.levers[k] for k in LEVERS}, targets)
@@ -183,9 +186,12 @@ The compute ideal: a supervised step (backbone, linear layer, cross-entropy) div
 method needs (a forward alone counts 1/3 of a forward + backward: MoCo 4/3, BYOL 8/3); for SwAV one supervised
 step over its own 8 crops (each size as one batch, as ours batches them: a crop's cost is not its share of the
 pixels); for SparK its own encoder, projections and decoder run unmasked (plain layers, mean squared error on
-the whole image), so the ratio is what masking costs. Every kind in its own process, the kinds alternating over
-{args.rounds} rounds; the median of 3 timed steps after a warm-up step; images/s counts the samples of a batch.
-Each lever is measured on top of ours with the others off.
+the whole image), so the ratio is what masking costs. All kinds of a method are timed in one process, where a
+slow spell of the machine cannot fall on one side only: a warm-up step each, then {args.rounds} rounds of one
+block of 3 steps per kind, the order rotated by one each round; every ratio (the targets', the levers') is ours
+over the other kind within a round, the median over the rounds with its range; images/s counts the samples of a
+batch. Each lever is measured on top of ours with the others off. Peak memory: each kind alone in a fresh process
+over two steps.
 
 | method | ours / peer | ours / ideal | ours, images/s | peer, images/s | ideal's step, images/s | passes | ideal, images/s |
 |---|---|---|---|---|---|---|---|
@@ -235,10 +241,10 @@ def section_loader(args, targets: list[Target]) -> str:
         overrides = {"backbone": "resnet50", "image_size": 96, "batch_size": 8, "num_workers": 2}
         rates = bench_loader.compare(bundle, overrides, 24, 2, args.loader_rounds)
         e2e, bare = median_range(rates["end to end"]), median_range(rates["bare"])
-        priority = median_range(rates["priority"])
+        priority, fed = median_range(rates["priority"]), median_range(rates["fed"])
         targets.append(ratio_target(f"{names[bundle]} bundle end to end / its bare step", e2e, bare, 0.9))
         idle = lever_effects(f"{names[bundle]} end to end", bundle, {"loader_priority": priority[0]}, targets)
-        rows.append(f"| {names[bundle]} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} | "
+        rows.append(f"| {names[bundle]} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} | {ranged(fed)} | "
                     f"{ranged(priority)} | {idle[0]} |")
     return f"""## Bundles end to end (`python benchmarks/bench_loader.py --bundle B`)
 
@@ -246,16 +252,19 @@ Each bundle's own config on the demo data (ResNet50, batch 8, 96 px, `num_worker
 pre-training: k-NN monitor off; fine-tuning: from random initialisation, the backbone trained from the first
 iteration, no validation between the timed iterations), built through MONAI's ConfigWorkflow: 24 iterations
 after 2 of warm-up, fed by its DataLoader with its handlers, against the same trainer's step on one batch held in
-memory; {args.loader_rounds} rounds alternating, each in its own process. The `loader_priority` lever (`auto`:
-idle CPU priority for the loader workers when the step runs on the CPU, so that they take only the cycles the
-step leaves instead of stalling its parallel regions; normal on a GPU) is measured in one process per round, where
-a slow spell of the machine cannot fall on one side only: after an untimed pair, 3 pairs of 10-iteration blocks
-of the trainer's step, fed in turn by idle- and normal-priority workers, the order swapped from pair to pair (a
-block's first iterations, fed by batches its workers fetched during the other block, not timed); the step's rate
-with idle workers over that with normal ones, the median of the pairs, then of the rounds.
+memory; {args.loader_rounds} rounds alternating, each in its own process. The same step fed by the loader, and
+the `loader_priority` lever (`auto`: idle CPU priority for the loader workers when the step runs on the CPU, so
+that they take only the cycles the step leaves instead of stalling its parallel regions; normal on a GPU), are
+also measured in one process per round, where a slow spell of the machine cannot fall on one side only: after an
+untimed round, 3 rounds of three 10-iteration blocks of the trainer's step, fed by idle-priority workers, by
+normal-priority ones and by one batch held in memory, the order rotated from round to round (a block's first
+iterations, fed by batches its workers fetched during another block, not timed). Fed / bare, in one process: the
+step's rate fed at the bundle's own priority over its bare rate (no handlers: what the loader alone costs the
+step); idle / normal: the rate with idle workers over that with normal ones; each the median of the rounds in a
+process, then of the processes.
 
-| bundle | end to end / bare | end to end, images/s | bare step, images/s | idle / normal-priority workers, over the rounds | `loader_priority` |
-|---|---|---|---|---|---|
+| bundle | end to end / bare | end to end, images/s | bare step, images/s | fed / bare, in one process | idle / normal-priority workers | `loader_priority` |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
 
@@ -266,24 +275,24 @@ def section_3d(args, targets: list[Target]) -> str:
     rows, levers = [], [lever for lever in LEVERS if lever != "foreach"]  # foreach: the optimiser's, as in 2D
     for method in ("spark", "moco"):
         setting = bench_pretrain.Setting(method, backbone="resnet18", size=48, batch=2, steps=2, spatial_dims=3)
-        s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, levers, 1))
+        s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, levers, 2))
         peer = "lightly" if method == "moco" else "supervised step"
         effects = lever_effects(f"3D {METHODS[method]}", f"{method}_pretrain", {k: s.levers[k] for k in levers},
                                 None, "train_3d.json")
-        rows.append(f"| {METHODS[method]} | {s.ours_over_peer:.2f} ({peer}) | {s.ours_over_ideal:.2f} | "
+        rows.append(f"| {METHODS[method]} | {s.ours_over_peer[0]:.2f} ({peer}) | {s.ours_over_ideal[0]:.2f} | "
                     f"{s.rates['ours'][0]:.3f} | {s.rates[s.peer][0]:.3f} | "
                     f"{s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f} | " + " | ".join(effects) + " |")
-    return f"""## 3D steps (`python benchmarks/bench_pretrain.py --spatial_dims 3 --method M --backbone resnet18 --size 48 --batch 2 --steps 2 --rounds 1 --levers {','.join(levers)}`)
+    return f"""## 3D steps (`python benchmarks/bench_pretrain.py --spatial_dims 3 --method M --backbone resnet18 --size 48 --batch 2 --steps 2 --rounds 2 --levers {','.join(levers)}`)
 
 48-cubed patches of 1 channel; every backbone MONAI's stock 3D ResNet18 (ours and the peers' alike); SparK at its
-default decoder width 768, its ideal its own network unmasked as in 2D; 1 round, the median of 2 timed steps
-after a warm-up step; patches/s counts the samples of a batch.
+default decoder width 768, its ideal its own network unmasked as in 2D; timed as in 2D, in one process, with 2
+rounds of one block of 2 steps per kind; patches/s counts the samples of a batch.
 
 | method | ours / peer | ours / ideal | ours, patches/s | peer, patches/s | peak memory ours / peer, MiB | {' | '.join(f'`{lever}`' for lever in levers)} |
 |---|---|---|---|---|---{'|---' * len(levers)}|
 {chr(10).join(rows)}
 
-The levers as in 2D, each over ours without it, beside the 3D overlay's default (`train_3d.json`): one round,
+The levers as in 2D, each over ours without it, beside the 3D overlay's default (`train_3d.json`): two rounds,
 reported and not yet held to the on-where-it-wins target (the 3D overlays keep `channels_last` off until
 several rounds decide it; `amp` is `auto` as in 2D).
 """
@@ -340,16 +349,17 @@ file, do not edit it by hand (`docs/performance.md` says what the figures led to
 - Machine: {device_name()}, {platform.machine()}, {memory:.0f} GiB of memory; bf16 instructions:
   {'yes' if cpu_has_bf16() else 'no'}; GPU: {gpu}.
 - Python {platform.python_version()}; {versions}.
-- Every kind runs in its own process and the kinds alternate over rounds, so a slow spell of a shared machine
-  falls on all of them; rates are medians with the range over the rounds in brackets. Read the ratios: absolute
-  rates move between runs of the same machine.
+- What is compared is measured alternating, in one process block by block where a section says so, else each
+  kind in its own process round by round, so a slow spell of a shared machine falls on all of them; rates and
+  ratios are medians with the range over the rounds in brackets. Read the ratios: absolute rates move between
+  runs of the same machine.
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spark_repo", default=None, help="a checkout of github.com/keyu-tian/SparK")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the pre-training steps")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of the pre-training steps' blocks")
     parser.add_argument("--loader_rounds", type=int, default=2)
     parser.add_argument("--memory_rounds", type=int, default=1)
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
