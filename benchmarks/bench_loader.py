@@ -10,11 +10,12 @@ on one batch held in memory, no loader and no handlers. Each in its own process,
 The step fed by the loader is also timed against the bare step in one process per round, where a shared VM's
 slow spells cannot fall on one side only, and so is the ``loader_priority`` lever: after one untimed round,
 ``--blocks`` rounds of three blocks of ``--block`` iterations of the trainer's step, fed by the bundle's
-DataLoader with its workers at idle CPU priority, at normal priority, and on one batch held in memory, the order
-rotated from round to round; a block's first iterations (``prefetch_factor`` x ``num_workers``: a fed block's
-are served from what its workers fetched while another block ran) are not timed. Each ratio is the median over
-the rounds: fed at the bundle's priority over bare (no handlers: what the loader costs the step), idle over
-normal. Prints the rates and the ratios (the project's target: end to end at least 0.9 of the bare step).
+DataLoader with its workers at idle CPU priority, at normal priority, and on one batch held in memory, each round
+in another of the six orders of the three; a block's first iterations (``prefetch_factor`` x ``num_workers``: a
+fed block's are served from what its workers fetched while another block ran, and meanwhile the previous block's
+workers refill) are not timed. Each ratio is the median over the rounds: fed at the bundle's priority over bare
+(the step with its loader running beside it, without the handlers), idle over normal. Prints the rates and the
+ratios (the project's target: end to end at least 0.9 of the bare step).
 Usage: python benchmarks/bench_loader.py --bundle spark_pretrain [--backbone resnet50 --image_size 96
 --batch_size 8 --num_workers 2 --steps 24 --rounds 2 --blocks 3 --block 10 --dataset_dir data/demo]
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -77,22 +79,21 @@ def _sync(device: torch.device) -> None:
 
 def _paired_blocks(trainer, device: torch.device, blocks: int, block: int) -> dict[str, float]:
     """In this one process, ``blocks`` rounds (after an untimed one) of three blocks of ``block`` iterations of
-    the trainer's step, in an order rotated each round: fed by idle-priority workers, by normal-priority ones,
-    and on one batch held in memory (bare). Returns the medians over the rounds of ``priority``, the rate with
-    idle workers over that with normal ones, and ``fed``, the rate fed at the bundle's own priority over the bare
-    rate."""
+    the trainer's step, each round in another of their orders: fed by idle-priority workers, by normal-priority
+    ones, and on one batch held in memory (bare). Returns the medians over the rounds of ``priority``, the rate
+    with idle workers over that with normal ones, and ``fed``, the rate fed at the bundle's own priority over the
+    bare rate."""
     loaders = {p: _at_priority(trainer.data_loader, p, device) for p in ("idle", "normal")}
     skipped = (trainer.data_loader.prefetch_factor or 0) * trainer.data_loader.num_workers
     if block <= skipped + 1:
         raise ValueError(f"a block of {block} iterations leaves too few to time after the {skipped} prefetched")
     batches = {p: _batches(loader) for p, loader in loaders.items()}
     own = trainer.data_loader.worker_init_fn.priority  # the bundle's loader_priority as it resolves here
-    held = next(batches[own])
-    batches["bare"] = iter(lambda: held, None)
-    kinds, ratios = list(batches), {"priority": [], "fed": []}
+    batches["bare"] = itertools.repeat(next(batches[own]))  # one batch, held in memory
+    orders, ratios = list(itertools.permutations(batches)), {"priority": [], "fed": []}
     for r in range(blocks + 1):
         seconds = {}
-        for kind in kinds[r % 3:] + kinds[:r % 3]:
+        for kind in orders[r % len(orders)]:
             for i in range(block):
                 if i == skipped:  # timed equally for all three, after the batches prefetched by a fed block
                     _sync(device)

@@ -8,8 +8,9 @@ measured in every run (:data:`IDEALS`): a supervised step divided by the method'
 (:func:`passes`); for SwAV a supervised step over its own 2 global and 6 local crops (:func:`_supervised_views`);
 for SparK its own encoder, projections and decoder run densely, without masking (:func:`_dense_spark`). All kinds
 are timed in one process (:func:`_blocks`): after a warm-up step each, ``--rounds`` rounds of one block of
-``--steps`` steps per kind, the order rotated each round, so that a slow spell of a shared machine falls on every
-kind of a round alike; each ratio is ours over the other kind within a round, the median over the rounds with its
+``--steps`` steps per kind, the order rotated and reversed from round to round (:func:`_order`), so that a slow
+spell of a shared machine falls on every kind of a round alike; each ratio is taken within a round (ours over the
+peer or the ideal; for a lever, ours with it over ours without), then the median over the rounds with its
 range. Peak memory (CUDA peak allocation on a GPU, process max RSS on a CPU) and the first step's time are each
 kind's alone, in a fresh process. Prints the median images/s of each kind with its range (images = samples of
 the batch, whatever the number of views), the ratios and the peaks. Inputs are random tensors of each method's
@@ -29,7 +30,6 @@ import dataclasses
 import itertools
 import multiprocessing as mp
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -278,18 +278,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _order(kinds: list[str], r: int) -> list[str]:
+    """The kinds' order in round ``r``: rotated by one every two rounds and reversed in odd rounds, so that each
+    kind runs early and late and after different kinds."""
+    turn = (r // 2) % len(kinds)
+    order = kinds[turn:] + kinds[:turn]
+    return order[::-1] if r % 2 else order
+
+
 def _blocks(kinds: list[str], setting: Setting, rounds: int, queue: mp.Queue) -> None:
     """Time every kind in this one process: each built and stepped once (warm-up; compiles), then ``rounds``
-    rounds of one block of ``setting.steps`` steps per kind, the order rotated by one from round to round, so a
-    slow spell of the machine falls on the kinds of a round alike and no kind always follows the same one; puts
-    {kind: seconds of its block, per round}."""
+    rounds of one block of ``setting.steps`` steps per kind, in the order :func:`_order` gives, so that a slow
+    spell of the machine falls on the kinds of a round alike; puts {kind: seconds of its block, per round}."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = {kind: _step(kind, setting, device) for kind in kinds}
     for step in steps.values():
         step()
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     for r in range(rounds):
-        for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+        for kind in _order(kinds, r):
             _sync(device)
             start = time.perf_counter()
             for _ in range(setting.steps):
@@ -350,7 +357,7 @@ class Summary:
     passes: float  # the ideal's step count per step of ours (:func:`passes`)
     ideal: tuple[float, float, float]  # images/s: (median, lowest, highest) of the ideal's step / passes
     over: dict[str, tuple[float, float, float]]  # kind: ours' rate / the kind's, median and range over rounds
-    levers: dict[str, float]  # lever: rate with it / rate without, median over rounds
+    levers: dict[str, tuple[float, float, float]]  # lever: rate with it / rate without, median and range
 
     @property
     def ours_over_peer(self) -> tuple[float, float, float]:
@@ -370,7 +377,7 @@ def summarise(setting: Setting, results: dict) -> Summary:
             for kind, values in per_round.items()}
     count = passes(setting.method)
     ideal = tuple(v / count for v in rates[IDEALS[setting.method]])
-    levers = {kind.partition("+")[2]: statistics.median(k / o for o, k in zip(per_round["ours"], per_round[kind]))
+    levers = {kind.partition("+")[2]: median_range([k / o for o, k in zip(per_round["ours"], per_round[kind])])
               for kind in rates if "+" in kind}
     footprint = results["footprint"]
     return Summary(setting, rates, {k: v[0] for k, v in footprint.items()}, {k: v[1] for k, v in footprint.items()},
@@ -405,7 +412,7 @@ def main() -> None:
     print(f"compute ideal: {IDEALS[setting.method]} / {summary.passes:.2f} passes = {summary.ideal[0]:.2f}/s; "
           f"ratio ours/ideal, paired by round: {ranged(summary.ours_over_ideal)}")
     for lever, effect in summary.levers.items():
-        print(f"effect of {lever}: {effect:.2f}x ours")
+        print(f"effect of {lever}, paired by round: {ranged(effect)}x ours")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import platform
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
@@ -38,11 +39,17 @@ def in_child(target: Callable[..., None], *args: Any) -> Any:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(os.getpid(), target, *args, queue))
     proc.start()
+    while True:  # read before joining: a child blocks on exit until a large result has left its queue
+        try:
+            result = queue.get(timeout=1)
+            break
+        except Empty:
+            if not proc.is_alive() and queue.empty():
+                proc.join()
+                raise RuntimeError(f"{getattr(target, '__name__', target)}{args[:1]} failed (exit "
+                                   f"{proc.exitcode}); its error is printed above") from None
     proc.join()
-    if proc.exitcode:
-        raise RuntimeError(f"{getattr(target, '__name__', target)}{args[:1]} failed (exit {proc.exitcode}); its "
-                           "error is printed above")
-    return queue.get()
+    return result
 
 
 def _child(parent: int, target: Callable[..., None], *args: Any) -> None:

@@ -76,21 +76,21 @@ def _lever_on(lever: str, default: object, device: str) -> bool:
     return as_bool(default, lever)
 
 
-def lever_effects(label: str, bundle: str, levers: dict[str, float], targets: list[Target] | None,
-                  config: str = "train.json") -> list[str]:
-    """Each lever's effect beside the bundle's default (from ``config``), as table cells; adds to ``targets``
-    (unless None) the target that a lever be on by default where it wins here and off where it loses
-    (``amp: auto`` as it resolves here)."""
+def lever_effects(label: str, bundle: str, levers: dict[str, tuple[float, float, float]],
+                  targets: list[Target] | None, config: str = "train.json") -> list[str]:
+    """Each lever's effect (median, lowest, highest) beside the bundle's default (from ``config``), as table
+    cells; adds to ``targets`` (unless None) the target that a lever be on by default where its median wins here
+    and off where it loses (``amp: auto`` as it resolves here)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cells = []
     for lever, effect in levers.items():
         default = bundle_default(bundle, lever, config)
-        cells.append(f"{effect:.2f}x (default {json.dumps(default)})")
+        cells.append(f"{ranged(effect)}x (default {json.dumps(default)})")
         if default is None or targets is None:  # None: torch's own choice
             continue
         on = _lever_on(lever, default, device)
-        wins, loses = effect >= 1 + NOISE, effect <= 1 - NOISE
-        found = f"{effect:.2f}x, {'on' if on else 'off'}" + (" (auto)" if default == "auto" else "")
+        wins, loses = effect[0] >= 1 + NOISE, effect[0] <= 1 - NOISE
+        found = f"{ranged(effect)}x, {'on' if on else 'off'}" + (" (auto)" if default == "auto" else "")
         targets.append(Target(f"{label}: `{lever}` by default where it wins", "on if faster, off if slower", found,
                               not (wins and not on or loses and on)))
     return cells
@@ -168,14 +168,14 @@ def section_pretrain(args, targets: list[Target]) -> str:
         targets.append(goal_target(f"{name} step / {peer}'s", s.ours_over_peer, goal))
         targets.append(goal_target(f"{name} step / its compute ideal", s.ours_over_ideal, 0.9))
         passes = {"spark": "1 (unmasked step)", "swav": "1 (step over its 8 views)"}.get(method, f"{s.passes:.2f}")
-        rows.append(f"| {name} | {s.ours_over_peer[0]:.2f} | {s.ours_over_ideal[0]:.2f} | {ranged(s.rates['ours'])} | "
+        rows.append(f"| {name} | {ranged(s.ours_over_peer)} | {ranged(s.ours_over_ideal)} | {ranged(s.rates['ours'])} | "
                     f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | "
                     f"{passes} | {s.ideal[0]:.2f} |")
         effects = lever_effects(name, f"{method}_pretrain", {k: s.levers[k] for k in LEVERS}, targets)
         levers.append(f"| {name} | " + " | ".join(effects) + " |")
         memory.append(f"{name} {s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f}")
     unit = "MiB of CUDA peak allocation" if torch.cuda.is_available() else "MiB max RSS"
-    return f"""## Pre-training steps (`python benchmarks/bench_pretrain.py --method M --backbone resnet50 --size 128 --batch 8 --in_channels 3 --levers {','.join(LEVERS)}`)
+    return f"""## Pre-training steps (`python benchmarks/bench_pretrain.py --method M --backbone resnet50 --size 128 --batch 8 --in_channels 3 --rounds {args.rounds} --levers {','.join(LEVERS)}`)
 
 Each method's training step at the same settings as its peer: ResNet50, batch 8, 128 x 128, 3 channels (the
 official SparK reconstructs 3), SGD, random inputs of each method's view shapes (SwAV: 2 global and 6 local
@@ -188,10 +188,11 @@ step over its own 8 crops (each size as one batch, as ours batches them: a crop'
 pixels); for SparK its own encoder, projections and decoder run unmasked (plain layers, mean squared error on
 the whole image), so the ratio is what masking costs. All kinds of a method are timed in one process, where a
 slow spell of the machine cannot fall on one side only: a warm-up step each, then {args.rounds} rounds of one
-block of 3 steps per kind, the order rotated by one each round; every ratio (the targets', the levers') is ours
-over the other kind within a round, the median over the rounds with its range; images/s counts the samples of a
-batch. Each lever is measured on top of ours with the others off. Peak memory: each kind alone in a fresh process
-over two steps.
+block of 3 steps per kind, the order rotated and reversed from round to round. Every ratio is taken within a
+round (ours over the peer or the ideal; for a lever, ours with it over ours without), then the median over the
+rounds with its range: so the ratio columns are not the quotients of the rate columns, which are each kind's
+median images/s (the samples of a batch) over the rounds. Each lever is measured on top of ours with the others
+off. Peak memory: each kind alone in a fresh process over two steps.
 
 | method | ours / peer | ours / ideal | ours, images/s | peer, images/s | ideal's step, images/s | passes | ideal, images/s |
 |---|---|---|---|---|---|---|---|
@@ -243,9 +244,9 @@ def section_loader(args, targets: list[Target]) -> str:
         e2e, bare = median_range(rates["end to end"]), median_range(rates["bare"])
         priority, fed = median_range(rates["priority"]), median_range(rates["fed"])
         targets.append(ratio_target(f"{names[bundle]} bundle end to end / its bare step", e2e, bare, 0.9))
-        idle = lever_effects(f"{names[bundle]} end to end", bundle, {"loader_priority": priority[0]}, targets)
+        idle = lever_effects(f"{names[bundle]} end to end", bundle, {"loader_priority": priority}, targets)
         rows.append(f"| {names[bundle]} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} | {ranged(fed)} | "
-                    f"{ranged(priority)} | {idle[0]} |")
+                    f"{idle[0]} |")
     return f"""## Bundles end to end (`python benchmarks/bench_loader.py --bundle B`)
 
 Each bundle's own config on the demo data (ResNet50, batch 8, 96 px, `num_workers` 2, its default levers;
@@ -257,14 +258,15 @@ the `loader_priority` lever (`auto`: idle CPU priority for the loader workers wh
 that they take only the cycles the step leaves instead of stalling its parallel regions; normal on a GPU), are
 also measured in one process per round, where a slow spell of the machine cannot fall on one side only: after an
 untimed round, 3 rounds of three 10-iteration blocks of the trainer's step, fed by idle-priority workers, by
-normal-priority ones and by one batch held in memory, the order rotated from round to round (a block's first
-iterations, fed by batches its workers fetched during another block, not timed). Fed / bare, in one process: the
-step's rate fed at the bundle's own priority over its bare rate (no handlers: what the loader alone costs the
-step); idle / normal: the rate with idle workers over that with normal ones; each the median of the rounds in a
-process, then of the processes.
+normal-priority ones and by one batch held in memory, each round in another of the six orders of the three (a
+block's first iterations, fed by batches its workers fetched during another block while the previous block's
+workers refill, not timed). Fed / bare, in one process: the step's rate fed at the bundle's own priority over its
+bare rate (the step with its loader running beside it, without the handlers); idle / normal: the rate with idle
+workers over that with normal ones; each the median of the rounds in a process, then of the processes, the range
+over the processes.
 
-| bundle | end to end / bare | end to end, images/s | bare step, images/s | fed / bare, in one process | idle / normal-priority workers | `loader_priority` |
-|---|---|---|---|---|---|---|
+| bundle | end to end / bare | end to end, images/s | bare step, images/s | fed / bare, in one process | `loader_priority` idle / normal |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
 
@@ -279,7 +281,7 @@ def section_3d(args, targets: list[Target]) -> str:
         peer = "lightly" if method == "moco" else "supervised step"
         effects = lever_effects(f"3D {METHODS[method]}", f"{method}_pretrain", {k: s.levers[k] for k in levers},
                                 None, "train_3d.json")
-        rows.append(f"| {METHODS[method]} | {s.ours_over_peer[0]:.2f} ({peer}) | {s.ours_over_ideal[0]:.2f} | "
+        rows.append(f"| {METHODS[method]} | {ranged(s.ours_over_peer)} ({peer}) | {ranged(s.ours_over_ideal)} | "
                     f"{s.rates['ours'][0]:.3f} | {s.rates[s.peer][0]:.3f} | "
                     f"{s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f} | " + " | ".join(effects) + " |")
     return f"""## 3D steps (`python benchmarks/bench_pretrain.py --spatial_dims 3 --method M --backbone resnet18 --size 48 --batch 2 --steps 2 --rounds 2 --levers {','.join(levers)}`)
@@ -351,7 +353,7 @@ file, do not edit it by hand (`docs/performance.md` says what the figures led to
 - Python {platform.python_version()}; {versions}.
 - What is compared is measured alternating, in one process block by block where a section says so, else each
   kind in its own process round by round, so a slow spell of a shared machine falls on all of them; rates and
-  ratios are medians with the range over the rounds in brackets. Read the ratios: absolute rates move between
+  ratios are medians with the range over the rounds (or the processes, where a section says so) in brackets. Read the ratios: absolute rates move between
   runs of the same machine.
 """
 
