@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import alternate, device_name
+from common import alternate, device_name, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ("moco_pretrain", "byol_pretrain", "swav_pretrain", "spark_pretrain")
@@ -71,12 +71,6 @@ def _batches(loader):
         yield from loader
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so that the clock reads finished steps."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _paired_blocks(trainer, device: torch.device, blocks: int, block: int) -> dict[str, float]:
     """In this one process, ``blocks`` rounds (after an untimed one) of three blocks of ``block`` iterations of
     the trainer's step, each round in another of their orders: fed by idle-priority workers, by normal-priority
@@ -96,10 +90,10 @@ def _paired_blocks(trainer, device: torch.device, blocks: int, block: int) -> di
         for kind in orders[r % len(orders)]:
             for i in range(block):
                 if i == skipped:  # timed equally for all three, after the batches prefetched by a fed block
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                 trainer._iteration(trainer, next(batches[kind]))
-            _sync(device)
+            sync(device)
             seconds[kind] = time.perf_counter() - start
         if r:  # the first round starts the workers and warms the step up
             ratios["priority"].append(seconds["normal"] / seconds["idle"])
@@ -124,10 +118,10 @@ def _measure(kind: str, bundle: str, overrides: dict, steps: int, warmup: int, b
             data = next(iter(trainer.data_loader))  # one batch, held in memory
             for i in range(warmup + steps):
                 if i == warmup:
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                 trainer._iteration(trainer, data)
-            _sync(device)
+            sync(device)
             queue.put(steps * batch / (time.perf_counter() - start))
             return
         stamps: list[float] = []

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from common import alternate, device_name, in_child, median_range, ranged
+from common import alternate, device_name, in_child, median_range, ranged, sync
 
 LOCAL_SIZE_RATIO = 96 / 224  # SwAV's local crops relative to the global ones
 LEVERS = ("channels_last", "foreach", "compile", "amp")  # the trainer's speed ids, each measured on top of "ours"
@@ -273,11 +273,6 @@ def _step(kind: str, setting: Setting, device: torch.device):
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _order(kinds: list[str], r: int) -> list[str]:
     """The kinds' order in round ``r``: rotated by one every two rounds and reversed in odd rounds, so that each
     kind runs early and late and after different kinds."""
@@ -297,11 +292,11 @@ def _blocks(kinds: list[str], setting: Setting, rounds: int, queue: mp.Queue) ->
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     for r in range(rounds):
         for kind in _order(kinds, r):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(setting.steps):
                 steps[kind]()
-            _sync(device)
+            sync(device)
             seconds[kind].append(time.perf_counter() - start)
     queue.put(seconds)
 
@@ -314,10 +309,10 @@ def _footprint(kind: str, setting: Setting, queue: mp.Queue) -> None:
     step = _step(kind, setting, device)
     start = time.perf_counter()
     step()
-    _sync(device)
+    sync(device)
     first = time.perf_counter() - start
     step()
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:

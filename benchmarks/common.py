@@ -57,6 +57,12 @@ def _child(parent: int, target: Callable[..., None], *args: Any) -> None:
     target(*args)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock reads finished steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median_range(values: Sequence[float]) -> tuple[float, float, float]:
     """(median, lowest, highest)."""
     return statistics.median(values), min(values), max(values)
