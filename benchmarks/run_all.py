@@ -168,7 +168,8 @@ def section_pretrain(args, targets: list[Target]) -> str:
         targets.append(goal_target(f"{name} step / {peer}'s", s.ours_over_peer, goal))
         targets.append(goal_target(f"{name} step / its compute ideal", s.ours_over_ideal, 0.9))
         passes = {"spark": "1 (unmasked step)", "swav": "1 (step over its 8 views)"}.get(method, f"{s.passes:.2f}")
-        rows.append(f"| {name} | {ranged(s.ours_over_peer)} | {ranged(s.ours_over_ideal)} | {ranged(s.rates['ours'])} | "
+        rows.append(f"| {name} | {ranged(s.ours_over_peer)} | {ranged(s.ours_over_ideal)} | "
+                    f"{ranged(s.rates['ours'])} | "
                     f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | "
                     f"{passes} | {s.ideal[0]:.2f} |")
         effects = lever_effects(name, f"{method}_pretrain", {k: s.levers[k] for k in LEVERS}, targets)
@@ -353,8 +354,8 @@ file, do not edit it by hand (`docs/performance.md` says what the figures led to
 - Python {platform.python_version()}; {versions}.
 - What is compared is measured alternating, in one process block by block where a section says so, else each
   kind in its own process round by round, so a slow spell of a shared machine falls on all of them; rates and
-  ratios are medians with the range over the rounds (or the processes, where a section says so) in brackets. Read the ratios: absolute rates move between
-  runs of the same machine.
+  ratios are medians with the range over the rounds (or the processes, where a section says so) in brackets.
+  Read the ratios: absolute rates move between runs of the same machine.
 """
 
 
