@@ -8,8 +8,8 @@ measured in every run (:data:`IDEALS`): a supervised step divided by the method'
 (:func:`passes`); for SwAV a supervised step over its own 2 global and 6 local crops (:func:`_supervised_views`);
 for SparK its own encoder, projections and decoder run densely, without masking (:func:`_dense_spark`). All kinds
 are timed in one process (:func:`_blocks`): after a warm-up step each, ``--rounds`` rounds of one block of
-``--steps`` steps per kind, the order rotated and reversed from round to round (:func:`_order`), so that a slow
-spell of a shared machine falls on every kind of a round alike; each ratio is taken within a round (ours over the
+``--steps`` steps per kind, the order rotated and reversed from round to round (:func:`common.block_order`), so
+that a slow spell of a shared machine falls on every kind of a round alike; each ratio is taken within a round (ours over the
 peer or the ideal; for a lever, ours with it over ours without), then the median over the rounds with its
 range. Peak memory (CUDA peak allocation on a GPU, process max RSS on a CPU) and the first step's time are each
 kind's alone, in a fresh process. Prints the median images/s of each kind with its range (images = samples of
@@ -17,7 +17,9 @@ the batch, whatever the number of views), the ratios and the peaks. Inputs are r
 view shapes, so only the step is timed. With ``--spatial_dims 3`` every input is a ``size``-cubed patch and every
 backbone MONAI's 3D ResNet (the methods' own and the peers' alike); ``--decoder_width`` sets SparK's decoder.
 ``--levers channels_last,foreach,compile,amp`` also measures ours with each of the trainer's speed ids on
-(compile: steady-state steps after the first, which compiles; amp: bf16 autocast on a CPU, fp16 on a GPU).
+(compile: steady-state steps after the first, which compiles; amp: bf16 autocast on a CPU, fp16 on a GPU), and
+``batch_views`` (BYOL, SwAV) ours with the network's one pass over the views of one size turned off, a pass per
+view instead; each effect is the rate with the lever over the rate without.
 Usage: python benchmarks/bench_pretrain.py --method spark|moco|byol|swav [--backbone resnet50 --size 224
 --batch 16 --steps 3 --rounds 6 --spatial_dims 2 --in_channels 1 --decoder_width 768 --levers foreach
 --spark_repo PATH]
@@ -36,10 +38,18 @@ from pathlib import Path
 
 import torch
 import torchvision
-from common import alternate, device_name, in_child, median_range, ranged, sync
+from common import alternate, block_order, device_name, in_child, median_range, ranged, sync
 
 LOCAL_SIZE_RATIO = 96 / 224  # SwAV's local crops relative to the global ones
 LEVERS = ("channels_last", "foreach", "compile", "amp")  # the trainer's speed ids, each measured on top of "ours"
+# the networks' speed ids, on by default in "ours": each measured as ours with it off; {lever: its methods}
+NETWORK_LEVERS = {"batch_views": ("byol", "swav")}
+
+
+def lever_kind(lever: str) -> str:
+    """The kind that measures ``lever``: ``ours+<lever>`` (a trainer's id turned on) or ``ours-<lever>`` (a
+    network's id turned off)."""
+    return f"ours-{lever}" if lever in NETWORK_LEVERS else f"ours+{lever}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +103,9 @@ def _backbone(setting: Setting) -> torch.nn.Module:
     return net
 
 
-def _ours(setting: Setting):
-    """(model, loss of a list of views) for medssl-monai's implementation."""
+def _ours(setting: Setting, batch_views: bool = True):
+    """(model, loss of a list of views) for medssl-monai's implementation, ``batch_views`` as BYOL and SwAV take
+    it."""
     from medssl_monai.networks import BYOL, MoCo, SparK, SwAV
 
     backbone, dims, channels = setting.backbone, setting.spatial_dims, setting.in_channels
@@ -103,8 +114,10 @@ def _ours(setting: Setting):
                       spatial_dims=dims)
         return model, lambda views: model(views[0])["loss"]
     build = {"moco": lambda: MoCo(backbone, channels, spatial_dims=dims, queue_size=4096),
-             "byol": lambda: BYOL(backbone, channels, spatial_dims=dims, total_iterations=100),
-             "swav": lambda: SwAV(backbone, channels, spatial_dims=dims, freeze_prototypes_iterations=0)}
+             "byol": lambda: BYOL(backbone, channels, spatial_dims=dims, total_iterations=100,
+                                  batch_views=batch_views),
+             "swav": lambda: SwAV(backbone, channels, spatial_dims=dims, freeze_prototypes_iterations=0,
+                                  batch_views=batch_views)}
     model = build[setting.method]()
     return model, lambda views: model(views)["loss"]
 
@@ -240,6 +253,7 @@ BUILDERS = {"ours": _ours, "supervised": _supervised, "supervised_views": _super
 
 def _step(kind: str, setting: Setting, device: torch.device):
     """One training step of ``kind`` as a callable: ``ours``, ``ours+<lever>`` (one of :data:`LEVERS` on),
+    ``ours-<lever>`` (one of :data:`NETWORK_LEVERS` off),
     ``supervised``, ``supervised_views``, ``dense`` (SparK unmasked), ``lightly`` or ``official``; its model is
     built, placed and its lazy layers materialised, but no step has run yet."""
     from medssl_monai.optimizers import build_optimizer
@@ -247,7 +261,8 @@ def _step(kind: str, setting: Setting, device: torch.device):
 
     torch.manual_seed(0)
     base, _, lever = kind.partition("+")
-    model, loss_fn = BUILDERS[base](setting)
+    base, _, off = base.partition("-")
+    model, loss_fn = BUILDERS[base](setting, **({off: False} if off else {}))
     views = _views(setting, device)
     model = place(model, device)
     loss_fn(views)  # materialises lazy layers before the optimiser sees the parameters
@@ -273,25 +288,17 @@ def _step(kind: str, setting: Setting, device: torch.device):
     return step
 
 
-def _order(kinds: list[str], r: int) -> list[str]:
-    """The kinds' order in round ``r``: rotated by one every two rounds and reversed in odd rounds, so that each
-    kind runs early and late and after different kinds."""
-    turn = (r // 2) % len(kinds)
-    order = kinds[turn:] + kinds[:turn]
-    return order[::-1] if r % 2 else order
-
-
 def _blocks(kinds: list[str], setting: Setting, rounds: int, queue: mp.Queue) -> None:
     """Time every kind in this one process: each built and stepped once (warm-up; compiles), then ``rounds``
-    rounds of one block of ``setting.steps`` steps per kind, in the order :func:`_order` gives, so that a slow
-    spell of the machine falls on the kinds of a round alike; puts {kind: seconds of its block, per round}."""
+    rounds of one block of ``setting.steps`` steps per kind, in the order :func:`common.block_order` gives, so
+    that a slow spell of the machine falls on the kinds of a round alike; puts {kind: seconds of its block, per round}."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = {kind: _step(kind, setting, device) for kind in kinds}
     for step in steps.values():
         step()
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     for r in range(rounds):
-        for kind in _order(kinds, r):
+        for kind in block_order(kinds, r):
             sync(device)
             start = time.perf_counter()
             for _ in range(setting.steps):
@@ -334,7 +341,7 @@ def compare(setting: Setting, levers: list[str], rounds: int) -> dict:
     compute ideal's step (:data:`IDEALS`). Returns {"seconds": {kind: [per round]}, "footprint": {kind:
     (peak MiB, first step s)}}."""
     ideal = IDEALS[setting.method]
-    kinds = ["ours", *(f"ours+{lever}" for lever in levers), *dict.fromkeys([peer_of(setting), ideal])]
+    kinds = ["ours", *map(lever_kind, levers), *dict.fromkeys([peer_of(setting), ideal])]
     footprint = {kind: values[0] for kind, values in alternate(_footprint, kinds, 1, setting).items()}
     return {"seconds": in_child(_blocks, kinds, setting, rounds), "footprint": footprint}
 
@@ -372,8 +379,11 @@ def summarise(setting: Setting, results: dict) -> Summary:
             for kind, values in per_round.items()}
     count = passes(setting.method)
     ideal = tuple(v / count for v in rates[IDEALS[setting.method]])
-    levers = {kind.partition("+")[2]: median_range([k / o for o, k in zip(per_round["ours"], per_round[kind])])
-              for kind in rates if "+" in kind}
+    levers = {}  # lever: the rate with it over the rate without, per round
+    for kind, values in per_round.items():
+        if kind.startswith(("ours+", "ours-")):  # a lever turned on, or off (:func:`lever_kind`)
+            levers[kind[5:]] = median_range([k / o if kind[4] == "+" else o / k
+                                             for o, k in zip(per_round["ours"], values)])
     footprint = results["footprint"]
     return Summary(setting, rates, {k: v[0] for k, v in footprint.items()}, {k: v[1] for k, v in footprint.items()},
                    peer_of(setting), count, ideal, over, levers)
@@ -383,15 +393,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--method", choices=["spark", "moco", "byol", "swav"], default="spark")
     parser.add_argument("--rounds", type=int, default=6, help="blocks of --steps steps per kind, in one process")
-    parser.add_argument("--levers", default="", help=f"comma-separated, of {', '.join(LEVERS)}: each also measured")
+    parser.add_argument("--levers", default="", help=f"comma-separated, of {', '.join((*LEVERS, *NETWORK_LEVERS))}: "
+                                                     "each also measured")
     for field in dataclasses.fields(Setting):
         if field.name != "method":
             parser.add_argument(f"--{field.name}", type=str if field.name in ("backbone", "spark_repo") else int,
                                 default=field.default)
     args = parser.parse_args()
     levers = [lever for lever in args.levers.split(",") if lever]
-    if set(levers) - set(LEVERS):
-        parser.error(f"unknown lever(s) {sorted(set(levers) - set(LEVERS))}; expected {', '.join(LEVERS)}")
+    known = (*LEVERS, *(lever for lever, methods in NETWORK_LEVERS.items() if args.method in methods))
+    if set(levers) - set(known):
+        parser.error(f"lever(s) {sorted(set(levers) - set(known))} not known for {args.method}; expected "
+                     f"{', '.join(known)}")
     setting = Setting(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Setting)})
     summary = summarise(setting, compare(setting, levers, args.rounds))
     unit = "MiB CUDA peak" if torch.cuda.is_available() else "MiB max RSS"

@@ -31,6 +31,15 @@ def alternate(target: Callable[..., None], kinds: Sequence[str], rounds: int, *a
     return results
 
 
+def block_order(kinds: Sequence[str], r: int) -> list[str]:
+    """The kinds' order in round ``r`` of blocks timed in one process: rotated by one every two rounds and
+    reversed in odd rounds, so that each kind runs early and late and after different kinds."""
+    kinds = list(kinds)
+    turn = (r // 2) % len(kinds)
+    order = kinds[turn:] + kinds[:turn]
+    return order[::-1] if r % 2 else order
+
+
 def in_child(target: Callable[..., None], *args: Any) -> Any:
     """``target(*args, queue)`` in a fresh spawned process; returns what it put on its queue. On Linux a child's
     max RSS starts at its parent's (the high-water mark survives fork and exec), so the calling process must not

@@ -159,10 +159,12 @@ def section_pretrain(args, targets: list[Target]) -> str:
     import bench_pretrain
 
     rows, levers, memory = [], [], []
+    columns = [*LEVERS, *bench_pretrain.NETWORK_LEVERS]
     for method, name in METHODS.items():
         setting = bench_pretrain.Setting(method, backbone="resnet50", size=128, batch=8, steps=3, in_channels=3,
                                          spark_repo=args.spark_repo)
-        s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, LEVERS, args.rounds))
+        measured = [*LEVERS, *(lever for lever, of in bench_pretrain.NETWORK_LEVERS.items() if method in of)]
+        s = bench_pretrain.summarise(setting, bench_pretrain.compare(setting, measured, args.rounds))
         peer = {"lightly": "lightly", "official": "official SparK", "supervised": "supervised step"}[s.peer]
         goal = 1.5 if s.peer == "official" else 1.0
         targets.append(goal_target(f"{name} step / {peer}'s", s.ours_over_peer, goal))
@@ -172,11 +174,12 @@ def section_pretrain(args, targets: list[Target]) -> str:
                     f"{ranged(s.rates['ours'])} | "
                     f"{peer} {ranged(s.rates[s.peer])} | {ranged(s.rates[bench_pretrain.IDEALS[method]])} | "
                     f"{passes} | {s.ideal[0]:.2f} |")
-        effects = lever_effects(name, f"{method}_pretrain", {k: s.levers[k] for k in LEVERS}, targets)
-        levers.append(f"| {name} | " + " | ".join(effects) + " |")
+        effects = dict(zip(measured, lever_effects(name, f"{method}_pretrain", {k: s.levers[k] for k in measured},
+                                                   targets)))
+        levers.append(f"| {name} | " + " | ".join(effects.get(lever, "n/a") for lever in columns) + " |")
         memory.append(f"{name} {s.peaks['ours']:,.0f} / {s.peaks[s.peer]:,.0f}")
     unit = "MiB of CUDA peak allocation" if torch.cuda.is_available() else "MiB max RSS"
-    return f"""## Pre-training steps (`python benchmarks/bench_pretrain.py --method M --backbone resnet50 --size 128 --batch 8 --in_channels 3 --rounds {args.rounds} --levers {','.join(LEVERS)}`)
+    return f"""## Pre-training steps (`python benchmarks/bench_pretrain.py --method M --backbone resnet50 --size 128 --batch 8 --in_channels 3 --rounds {args.rounds} --levers {','.join(LEVERS)}[,batch_views]`)
 
 Each method's training step at the same settings as its peer: ResNet50, batch 8, 128 x 128, 3 channels (the
 official SparK reconstructs 3), SGD, random inputs of each method's view shapes (SwAV: 2 global and 6 local
@@ -192,8 +195,10 @@ slow spell of the machine cannot fall on one side only: a warm-up step each, the
 block of 3 steps per kind, the order rotated and reversed from round to round. Every ratio is taken within a
 round (ours over the peer or the ideal; for a lever, ours with it over ours without), then the median over the
 rounds with its range: so the ratio columns are not the quotients of the rate columns, which are each kind's
-median images/s (the samples of a batch) over the rounds. Each lever is measured on top of ours with the others
-off. Peak memory: each kind alone in a fresh process over two steps.
+median images/s (the samples of a batch) over the rounds. Ours is the method as the bundle builds its network
+(BYOL and SwAV: the views of one size in one pass, `batch_views`) with the trainer's levers off; each trainer
+lever is measured on top of it with the others off, `batch_views` by turning it off (a pass per view, as
+lightly's examples compute them). Peak memory: each kind alone in a fresh process over two steps.
 
 | method | ours / peer | ours / ideal | ours, images/s | peer, images/s | ideal's step, images/s | passes | ideal, images/s |
 |---|---|---|---|---|---|---|---|
@@ -201,8 +206,8 @@ off. Peak memory: each kind alone in a fresh process over two steps.
 
 Speed levers, the rate with each on over the rate without, and the bundle's default:
 
-| method | {' | '.join(f'`{lever}`' for lever in LEVERS)} |
-|---{'|---' * len(LEVERS)}|
+| method | {' | '.join(f'`{lever}`' for lever in columns)} |
+|---{'|---' * len(columns)}|
 {chr(10).join(levers)}
 
 A default of `null` is torch's own choice (for `foreach`: on for CUDA tensors, off on a CPU). Within {NOISE:.0%} of 1x
@@ -241,32 +246,28 @@ def section_loader(args, targets: list[Target]) -> str:
              "ct_segmentation": "`ct_segmentation`"}
     for bundle in bench_loader.BUNDLES:
         overrides = {"backbone": "resnet50", "image_size": 96, "batch_size": 8, "num_workers": 2}
-        rates = bench_loader.compare(bundle, overrides, 24, 2, args.loader_rounds)
-        e2e, bare = median_range(rates["end to end"]), median_range(rates["bare"])
-        priority, fed = median_range(rates["priority"]), median_range(rates["fed"])
-        targets.append(ratio_target(f"{names[bundle]} bundle end to end / its bare step", e2e, bare, 0.9))
-        idle = lever_effects(f"{names[bundle]} end to end", bundle, {"loader_priority": priority}, targets)
-        rows.append(f"| {names[bundle]} | {e2e[0] / bare[0]:.2f} | {ranged(e2e)} | {ranged(bare)} | {ranged(fed)} | "
-                    f"{idle[0]} |")
-    return f"""## Bundles end to end (`python benchmarks/bench_loader.py --bundle B`)
+        r = {k: median_range(v) for k, v in bench_loader.compare(bundle, overrides, args.loader_processes).items()}
+        targets.append(goal_target(f"{names[bundle]} bundle end to end / its bare step", r["end to end / bare"], 0.9))
+        idle = lever_effects(f"{names[bundle]} end to end", bundle, {"loader_priority": r["idle / normal"]}, targets)
+        rows.append(f"| {names[bundle]} | {ranged(r['end to end / bare'])} | {ranged(r['fed / bare'])} | "
+                    f"{ranged(r['end to end'])} | {ranged(r['bare'])} | {idle[0]} |")
+    return f"""## Bundles end to end (`python benchmarks/bench_loader.py --bundle B --processes {args.loader_processes}`)
 
 Each bundle's own config on the demo data (ResNet50, batch 8, 96 px, `num_workers` 2, its default levers;
 pre-training: k-NN monitor off; fine-tuning: from random initialisation, the backbone trained from the first
-iteration, no validation between the timed iterations), built through MONAI's ConfigWorkflow: 24 iterations
-after 2 of warm-up, fed by its DataLoader with its handlers, against the same trainer's step on one batch held in
-memory; {args.loader_rounds} rounds alternating, each in its own process. The same step fed by the loader, and
-the `loader_priority` lever (`auto`: idle CPU priority for the loader workers when the step runs on the CPU, so
-that they take only the cycles the step leaves instead of stalling its parallel regions; normal on a GPU), are
-also measured in one process per round, where a slow spell of the machine cannot fall on one side only: after an
-untimed round, 3 rounds of three 10-iteration blocks of the trainer's step, fed by idle-priority workers, by
-normal-priority ones and by one batch held in memory, each round in another of the six orders of the three (a
-block's first iterations, fed by batches its workers fetched during another block while the previous block's
-workers refill, not timed). Fed / bare, in one process: the step's rate fed at the bundle's own priority over its
-bare rate (the step with its loader running beside it, without the handlers); idle / normal: the rate with idle
-workers over that with normal ones; each the median of the rounds in a process, then of the processes, the range
-over the processes.
+iteration, no validation between the timed iterations), built through MONAI's ConfigWorkflow, and its run timed
+against its bare step in one process, where a slow spell of the machine cannot fall on one side only: after an
+untimed round, 3 rounds of one 10-iteration block of each of four kinds, in an order rotated and reversed from
+round to round. End to end: the bundle's own run (its engine loop fed by its DataLoader, with all its handlers),
+paused after each of its blocks while the other kinds run. Bare: the same trainer's step on one batch held in
+memory. Fed: the step fed by a copy of the bundle's DataLoader without the handlers, its workers at idle or at
+normal CPU priority: the `loader_priority` lever (`auto`: idle when the step runs on the CPU, so that the
+workers take only the cycles the step leaves instead of stalling its parallel regions; normal on a GPU). A
+block's first 4 iterations (what 2 workers prefetch while another block runs) are not timed. Each ratio is taken
+within a round, then the median and range over the rounds of {args.loader_processes} processes run one after the other.
+The rates are each kind's images/s over the same rounds.
 
-| bundle | end to end / bare | end to end, images/s | bare step, images/s | fed / bare, in one process | `loader_priority` idle / normal |
+| bundle | end to end / bare | fed / bare | end to end, images/s | bare step, images/s | `loader_priority` idle / normal |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
@@ -363,7 +364,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spark_repo", default=None, help="a checkout of github.com/keyu-tian/SparK")
     parser.add_argument("--rounds", type=int, default=6, help="rounds of the pre-training steps' blocks")
-    parser.add_argument("--loader_rounds", type=int, default=2)
+    parser.add_argument("--loader_processes", type=int, default=2, help="processes of the bundles' blocks")
     parser.add_argument("--memory_rounds", type=int, default=1)
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))

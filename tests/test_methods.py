@@ -170,3 +170,33 @@ def test_methods_train_on_cpu_and_encode(method):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     model.eval()
     assert model.encode(torch.rand(3, 1, 64, 64)).shape == (3, 512)
+
+
+@pytest.mark.parametrize("batch_views", [True, False])
+def test_per_view_batches_the_views_of_one_size_or_passes_each_alone(batch_views):
+    model = SwAV("resnet18", hidden_dim=32, out_dim=8, batch_views=batch_views)
+    views = _views(2, b=4) + _views(3, b=4, size=32, seed=1)
+    norm = torch.nn.BatchNorm2d(1)  # training mode: its output depends on what shares its pass
+    out = model.per_view(norm, views)
+    if batch_views:
+        expected = [*norm(torch.cat(views[:2])).split(4), *norm(torch.cat(views[2:])).split(4)]
+    else:
+        expected = [norm(v) for v in views]
+    assert [o.shape for o in out] == [v.shape for v in views]
+    assert all(torch.allclose(o, e, atol=1e-6) for o, e in zip(out, expected))
+    assert not torch.allclose(out[0], norm(views[0]) if batch_views else norm(torch.cat(views[:2]))[:4], atol=1e-3)
+
+
+@pytest.mark.parametrize("method", [BYOL, SwAV])
+def test_batch_views_changes_only_what_batch_norm_sees(method):
+    torch.manual_seed(9)
+    batched = method("resnet18", hidden_dim=32, out_dim=8)
+    per_view = method("resnet18", hidden_dim=32, out_dim=8, batch_views=False)
+    per_view.load_state_dict(batched.state_dict())
+    views = _views() + (_views(2, size=32, seed=1) if method is SwAV else [])
+    for m in (batched, per_view):
+        m.eval()  # running statistics: the same function of each view either way
+    assert torch.allclose(*[m(views)["loss"] for m in (batched, per_view)], atol=1e-5)
+    for m in (batched, per_view):
+        m.train()
+    assert not torch.allclose(*[m(views)["loss"] for m in (batched, per_view)])  # over both views, or each alone

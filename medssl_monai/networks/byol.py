@@ -28,6 +28,8 @@ class BYOL(JointEmbeddingMethod):
         hidden_dim, out_dim: projector and predictor widths (4096 and 256).
         tau: EMA coefficient at the first and the last iteration.
         total_iterations: length of the run, over which tau follows its cosine.
+        batch_views: both views through each network in one pass (batch norm over both), else one pass per
+            view as the original BYOL computes them (batch norm per view).
     """
 
     momentum_pairs = (("target_backbone", "backbone"), ("target_projector", "projector"))
@@ -41,8 +43,9 @@ class BYOL(JointEmbeddingMethod):
         out_dim: int = 256,
         tau: tuple[float, float] = (0.996, 1.0),
         total_iterations: int = 300_000,
+        batch_views: bool = True,
     ) -> None:
-        super().__init__(backbone, in_channels, spatial_dims)
+        super().__init__(backbone, in_channels, spatial_dims, batch_views)
         self.projector = mlp_head(self.backbone.feature_dim, hidden_dim, out_dim)
         self.predictor = mlp_head(out_dim, hidden_dim, out_dim)
         self.target_backbone = momentum_copy(self.backbone)
@@ -57,9 +60,7 @@ class BYOL(JointEmbeddingMethod):
     def forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """views: two (B, C, *S) augmentations of the same images."""
         tau = self.momentum_at(self.advance())  # the coefficient that made the current target
-        b = len(views[0])
-        both = torch.cat(views[:2])  # (2B, C, *S): one pass, batch norm over both views
-        p0, p1 = self.predictor(self.projector(self.backbone(both))).split(b)
+        p0, p1 = self.per_view(lambda x: self.predictor(self.projector(self.backbone(x))), views[:2])  # (B, D) each
         with torch.no_grad():
-            z0, z1 = self.target_projector(self.target_backbone(both)).split(b)
+            z0, z1 = self.per_view(lambda x: self.target_projector(self.target_backbone(x)), views[:2])
         return {"loss": self.criterion(p0, p1, z0, z1), "tau": torch.tensor(tau)}

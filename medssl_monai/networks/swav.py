@@ -10,8 +10,6 @@ is taken over more samples than the batch.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +36,8 @@ class SwAV(JointEmbeddingMethod):
         num_global_views: the first views of the list are the global (code-giving) crops.
         queue_length: past global-view features kept per global view for Sinkhorn (0: no queue); the queue
             takes part once it is full.
+        batch_views: the views of one size through the network in one pass (batch norm over them together),
+            as the original SwAV computes its multi-crop, else one pass per view.
     """
 
     def __init__(
@@ -54,8 +54,9 @@ class SwAV(JointEmbeddingMethod):
         freeze_prototypes_iterations: int = 313,
         num_global_views: int = 2,
         queue_length: int = 0,
+        batch_views: bool = True,
     ) -> None:
-        super().__init__(backbone, in_channels, spatial_dims)
+        super().__init__(backbone, in_channels, spatial_dims, batch_views)
         self.head = mlp_head(self.backbone.feature_dim, hidden_dim, out_dim)
         self.prototypes = nn.Linear(out_dim, num_prototypes, bias=False)
         self.criterion = SwAVLoss(temperature, sinkhorn_epsilon, sinkhorn_iterations)
@@ -64,13 +65,8 @@ class SwAV(JointEmbeddingMethod):
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
 
     def embed(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """L2-normalised features (B, D) per view; views of one size go through the network as one batch."""
-        out = []
-        for _, group in itertools.groupby(views, key=lambda v: v.shape[2:]):
-            group = list(group)
-            z = F.normalize(self.head(self.backbone(torch.cat(group))), dim=1)
-            out.extend(z.split(len(group[0])))
-        return out
+        """L2-normalised features (B, D) per view (:meth:`per_view`)."""
+        return [F.normalize(z, dim=1) for z in self.per_view(lambda x: self.head(self.backbone(x)), views)]
 
     @torch.no_grad()
     def push(self, features: list[torch.Tensor]) -> None:
