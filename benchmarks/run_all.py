@@ -120,13 +120,17 @@ def section_memory(args, targets: list[Target]) -> str:
 
     patients = [4, 16]
     with tempfile.TemporaryDirectory() as root:
-        results = bench_memory.compare(patients, ["disk", "memory"], 512, 64, args.memory_rounds, root)
+        collections = bench_memory.make_collections(patients, 512, 64, root)
+        results = bench_memory.compare(["disk", "memory"], collections, args.memory_rounds)
+        paired = {cache: bench_memory.paired_throughput(cache, collections, args.rounds) for cache in ("disk", "memory")}
     rss = {kind: max(v[0] for v in values) for kind, values in results.items()}
     rate = {kind: median_range([v[1] for v in values]) for kind, values in results.items()}
+    growth = {cache: median_range([h / low for low, h in zip(paired[cache][4], paired[cache][16])])
+              for cache in paired}
     per_slice = results["disk 16"][0][2]
     targets.append(ratio_target("peak RSS, `cache disk`, 16 / 4 patients", (rss["disk 16"],) * 3,
                                 (rss["disk 4"],) * 3, 1.25, at_least=False))
-    targets.append(ratio_target("images/s, `cache disk`, 16 / 4 patients", rate["disk 16"], rate["disk 4"], 1.0))
+    targets.append(goal_target("images/s, `cache disk`, 16 / 4 patients, in one process", growth["disk"], 1.0))
     rows = "\n".join(f"| `{kind.split()[0]}` | {kind.split()[1]} | {rss[kind]:,.0f} MiB | {ranged(rate[kind], 1)} |"
                      for kind in results)
     archive = 250_000
@@ -135,13 +139,17 @@ def section_memory(args, targets: list[Target]) -> str:
 Demo collections of 4 and 16 patients of 512 x 512 x 64 voxels; one epoch of the SparK bundle on each (ResNet18,
 64 px, batch 8, no loader workers, so the process's peak RSS is the run's), `cache` `disk` (the slice store,
 read a slice at a time) and `memory` (every volume in the process), each in its own process,
-{args.memory_rounds} round(s).
+{args.memory_rounds} round(s). The throughput is also compared in one process per cache mode, where a slow
+spell of the machine cannot fall on one collection only: a trainer on each collection, then after an untimed
+round {args.rounds} rounds of one block of {bench_memory.BLOCK} iterations each (reading and stepping), in an
+order rotated and reversed from round to round; the ratio is taken within a round, then the median and range.
 
-| growth 4 -> 16 patients, peak RSS | `disk` | `memory` |
+| growth 4 -> 16 patients | `disk` | `memory` |
 |---|---|---|
-| ratio | {rss['disk 16'] / rss['disk 4']:.2f}x | {rss['memory 16'] / rss['memory 4']:.2f}x |
+| peak RSS | {rss['disk 16'] / rss['disk 4']:.2f}x | {rss['memory 16'] / rss['memory 4']:.2f}x |
+| images/s, in one process | {ranged(growth['disk'])}x | {ranged(growth['memory'])}x |
 
-| cache | patients | peak RSS | images/s |
+| cache | patients | peak RSS | images/s, own process |
 |---|---|---|---|
 {rows}
 
