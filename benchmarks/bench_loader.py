@@ -67,7 +67,7 @@ def _batches(loader):
         yield from loader
 
 
-def _blocks(workflow, blocks: int, block: int) -> dict[str, list[float]]:
+def _blocks(workflow, blocks: int, block: int) -> dict:
     """Time, in this one process, ``blocks`` rounds (after an untimed one) of one block of ``block`` iterations
     of each of :data:`KINDS`, each round in the order :func:`common.block_order` gives: ``end to end`` is the
     bundle's own run (its trainer's engine loop, fed by its DataLoader, with its handlers), paused after each of
@@ -109,7 +109,8 @@ def _blocks(workflow, blocks: int, block: int) -> dict[str, list[float]]:
             record(time.perf_counter() - start)
         if at["entry"] == len(schedule):
             engine.terminate()
-        at["iteration"] = 0
+        sync(device)
+        at["iteration"], at["start"] = 0, time.perf_counter()  # the start, unless iterations are skipped
 
     def end_to_end(engine) -> None:
         """After each of the engine's iterations and all the bundle's handlers of it."""
