@@ -104,7 +104,8 @@ def _blocks(workflow, blocks: int, block: int) -> dict:
                 if i == skipped:
                     sync(device)
                     start = time.perf_counter()
-                trainer._iteration(trainer, next(feeds[kind]))
+                trainer.state.batch = next(feeds[kind])  # as the engine's loop sets it: MONAI's trainers
+                trainer._iteration(trainer, trainer.state.batch)  # decollate it after the step (else a stale one)
             sync(device)
             record(time.perf_counter() - start)
         if at["entry"] == len(schedule):
