@@ -74,7 +74,8 @@ def _blocks(workflow, blocks: int, block: int) -> dict:
     its blocks while the other kinds' blocks run the same trainer's step fed by a copy of the loader at ``idle``
     or ``normal`` CPU priority, or on one batch held in memory (``bare``). A block's first iterations, as many as
     the loader prefetches, are not timed. Returns {"rates": {kind: images/s per round}, "priority": the
-    bundle's ``loader_priority`` as it resolves here}."""
+    bundle's ``loader_priority`` as it resolves here}. (Not :func:`common.time_blocks`, which calls each block:
+    here the engine's loop calls, and the other kinds run from its handlers.)"""
     from ignite.engine import Events
 
     trainer = workflow.trainer

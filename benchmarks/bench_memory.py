@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import alternate, block_order, device_name, in_child, median_range, ranged
+from common import alternate, device_name, in_child, median_range, ranged, repeated, time_blocks
 
 from medssl_monai.data.demo import make_demo_data
 
@@ -56,26 +56,20 @@ def _measure(kind: str, collections: dict[int, str], queue: mp.Queue) -> None:
 
 def _paired(cache: str, collections: dict[int, str], rounds: int, queue: mp.Queue) -> None:
     """Images/s of ``cache`` on every collection in this one process: a SparK trainer per collection, then
-    ``rounds`` rounds (after an untimed one) of one block of :data:`BLOCK` iterations per collection in the
-    order :func:`common.block_order` gives, each iteration reading its batch (no loader workers) and stepping;
-    puts {patients: images/s per round}."""
+    ``rounds`` rounds (after an untimed one) of one block of :data:`BLOCK` iterations per collection
+    (:func:`common.time_blocks`), each iteration reading its batch (no loader workers) and stepping; puts
+    {patients: images/s per round}."""
     from bench_loader import _batches, _workflow
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainers, batches = {}, {}
+        blocks = {}
         for n, path in collections.items():
             overrides = {**SETTINGS, "dataset_dir": path, "cache": cache, "cache_dir": f"{tmp}/cache"}
-            trainers[n] = _workflow("spark_pretrain", overrides, f"{tmp}/run{n}").trainer
-            batches[n] = _batches(trainers[n].data_loader)
-        rates: dict[int, list[float]] = {n: [] for n in collections}
-        for r in range(rounds + 1):
-            for n in block_order(list(collections), r):
-                start = time.perf_counter()
-                for _ in range(BLOCK):
-                    trainers[n]._iteration(trainers[n], next(batches[n]))
-                if r:  # the first round warms the steps and the page cache up
-                    rates[n].append(BLOCK * SETTINGS["batch_size"] / (time.perf_counter() - start))
-    queue.put(rates)
+            trainer = _workflow("spark_pretrain", overrides, f"{tmp}/run{n}").trainer
+            batches = _batches(trainer.data_loader)
+            blocks[n] = repeated(lambda t=trainer, b=batches: t._iteration(t, next(b)), BLOCK)
+        seconds = time_blocks(blocks, rounds)
+    queue.put({n: [BLOCK * SETTINGS["batch_size"] / s for s in seconds[n]] for n in collections})
 
 
 def paired_throughput(cache: str, collections: dict[int, str], rounds: int) -> dict[int, list[float]]:

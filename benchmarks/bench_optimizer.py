@@ -4,7 +4,8 @@ parameters, the per-tensor loop against the multi-tensor (foreach) kernels.
 ``bench_pretrain.py`` times ``foreach`` inside a whole step with SGD, the optimiser its peers share; the bundles
 use LAMB (SparK), SGD (MoCo v2), Adam (BYOL) and LARS (SwAV), built by ``medssl_monai.optimizers.build_optimizer``
 with the settings of the bundle's ``optimizer`` entry. Both variants step the same weights with the same
-gradients in one process, alternating, ``--steps`` each per round; median per step over ``--rounds``. Also
+gradients in one process, ``--steps`` each per round (:func:`common.time_blocks`: after an untimed round, the
+order rotated and reversed from round to round); median per step over ``--rounds``. Also
 says whether the two give bit-identical weights after those steps (if not, switching changes a run's numbers).
 Usage: python benchmarks/bench_optimizer.py [--methods spark moco byol swav --steps 5 --rounds 5]
 """
@@ -14,13 +15,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torchvision
-from common import device_name
+from common import device_name, median_range, ranged, repeated, time_blocks
 
 from medssl_monai.bundle import bundle_root
 from medssl_monai.optimizers import build_optimizer
@@ -35,7 +34,8 @@ def bundle_optimizer(method: str) -> dict:
 
 
 def measure(method: str, steps: int, rounds: int) -> dict:
-    """ms per step of the loop and foreach variants (median, lowest, highest) and whether the weights agree."""
+    """ms per step of the loop and foreach variants and loop / foreach within a round (each median, lowest,
+    highest), and whether the weights agree."""
     torch.manual_seed(0)
     base = torchvision.models.resnet50()
     grads = [torch.randn_like(p) * 1e-2 for p in base.parameters()]
@@ -46,17 +46,12 @@ def measure(method: str, steps: int, rounds: int) -> dict:
         optimisers[foreach] = build_optimizer(models[foreach], lr=1e-2, weight_decay=1e-4, foreach=foreach, **settings)
         for p, g in zip(models[foreach].parameters(), grads):
             p.grad = g.clone()
-        optimisers[foreach].step()  # warm-up: state buffers allocated
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(rounds):
-        for foreach in (False, True):
-            start = time.perf_counter()
-            for _ in range(steps):
-                optimisers[foreach].step()
-            times[foreach].append((time.perf_counter() - start) / steps * 1e3)
+    seconds = time_blocks({foreach: repeated(optimisers[foreach].step, steps) for foreach in (False, True)}, rounds)
+    times = {foreach: [s / steps * 1e3 for s in seconds[foreach]] for foreach in (False, True)}
     same = all(torch.equal(a, b) for a, b in zip(models[False].parameters(), models[True].parameters()))
-    stats = {k: (statistics.median(v), min(v), max(v)) for k, v in times.items()}
-    return {"optimizer": settings["name"], "loop": stats[False], "foreach": stats[True], "identical": same}
+    ratio = median_range([loop / foreach for loop, foreach in zip(times[False], times[True])])  # within a round
+    return {"optimizer": settings["name"], "loop": median_range(times[False]), "foreach": median_range(times[True]),
+            "speedup": ratio, "identical": same}
 
 
 def _measure(kind: str, method: str, steps: int, rounds: int, queue) -> None:
@@ -74,7 +69,7 @@ def main() -> None:
     for method in args.methods:
         r = measure(method, args.steps, args.rounds)
         print(f"{method} ({r['optimizer']}): loop {r['loop'][0]:.1f} ms, foreach {r['foreach'][0]:.1f} ms, "
-              f"loop / foreach {r['loop'][0] / r['foreach'][0]:.2f}; weights identical: {r['identical']}")
+              f"loop / foreach {ranged(r['speedup'])}; weights identical: {r['identical']}")
 
 
 if __name__ == "__main__":

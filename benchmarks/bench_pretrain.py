@@ -7,8 +7,8 @@ as it is written for), or without one a plain supervised step of the backbone. E
 measured in every run (:data:`IDEALS`): a supervised step divided by the method's backbone passes
 (:func:`passes`); for SwAV a supervised step over its own 2 global and 6 local crops (:func:`_supervised_views`);
 for SparK its own encoder, projections and decoder run densely, without masking (:func:`_dense_spark`). All kinds
-are timed in one process (:func:`_blocks`): after a warm-up step each, ``--rounds`` rounds of one block of
-``--steps`` steps per kind, the order rotated and reversed from round to round (:func:`common.block_order`), so
+are timed in one process (:func:`_blocks`): after an untimed round, ``--rounds`` rounds of one block of
+``--steps`` steps per kind, the order rotated and reversed from round to round (:func:`common.time_blocks`), so
 that a slow spell of a shared machine falls on every kind of a round alike; each ratio is taken within a round (ours over the
 peer or the ideal; for a lever, ours with it over ours without), then the median over the rounds with its
 range. Peak memory (CUDA peak allocation on a GPU, process max RSS on a CPU) and the first step's time are each
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from common import alternate, block_order, device_name, in_child, median_range, ranged, sync
+from common import alternate, device_name, in_child, median_range, ranged, repeated, sync, time_blocks
 
 LOCAL_SIZE_RATIO = 96 / 224  # SwAV's local crops relative to the global ones
 LEVERS = ("channels_last", "foreach", "compile", "amp")  # the trainer's speed ids, each measured on top of "ours"
@@ -289,23 +289,12 @@ def _step(kind: str, setting: Setting, device: torch.device):
 
 
 def _blocks(kinds: list[str], setting: Setting, rounds: int, queue: mp.Queue) -> None:
-    """Time every kind in this one process: each built and stepped once (warm-up; compiles), then ``rounds``
-    rounds of one block of ``setting.steps`` steps per kind, in the order :func:`common.block_order` gives, so
-    that a slow spell of the machine falls on the kinds of a round alike; puts {kind: seconds of its block, per round}."""
+    """Time every kind in this one process (:func:`common.time_blocks`): ``rounds`` rounds, after an untimed one
+    (which compiles), of one block of ``setting.steps`` steps per kind; puts {kind: seconds of its block, per
+    round}."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    steps = {kind: _step(kind, setting, device) for kind in kinds}
-    for step in steps.values():
-        step()
-    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for r in range(rounds):
-        for kind in block_order(kinds, r):
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(setting.steps):
-                steps[kind]()
-            sync(device)
-            seconds[kind].append(time.perf_counter() - start)
-    queue.put(seconds)
+    blocks = {kind: repeated(_step(kind, setting, device), setting.steps) for kind in kinds}
+    queue.put(time_blocks(blocks, rounds, device))
 
 
 def _footprint(kind: str, setting: Setting, queue: mp.Queue) -> None:

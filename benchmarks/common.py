@@ -11,14 +11,17 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from medssl_monai.utils import exit_with_parent
+
+K = TypeVar("K")  # what names a kind: a label, a number of patients, a flag
 
 
 def alternate(target: Callable[..., None], kinds: Sequence[str], rounds: int, *args: Any) -> dict[str, list[Any]]:
@@ -31,13 +34,41 @@ def alternate(target: Callable[..., None], kinds: Sequence[str], rounds: int, *a
     return results
 
 
-def block_order(kinds: Sequence[str], r: int) -> list[str]:
+def block_order(kinds: Sequence[K], r: int) -> list[K]:
     """The kinds' order in round ``r`` of blocks timed in one process: rotated by one every two rounds and
     reversed in odd rounds, so that each kind runs early and late and after different kinds."""
     kinds = list(kinds)
     turn = (r // 2) % len(kinds)
     order = kinds[turn:] + kinds[:turn]
     return order[::-1] if r % 2 else order
+
+
+def time_blocks(blocks: Mapping[K, Callable[[], None]], rounds: int,
+                device: torch.device | None = None) -> dict[K, list[float]]:
+    """Seconds of every kind's block (``blocks[kind]()``) in each of ``rounds`` rounds, in this one process, after
+    one untimed round that warms allocators, kernels, compiled graphs and the page cache up; each round in the
+    order :func:`block_order` gives, so that a slow spell of a shared machine falls on the kinds of a round alike."""
+    device = device or torch.device("cpu")  # only a GPU's queue needs waiting for
+    seconds: dict[K, list[float]] = {kind: [] for kind in blocks}
+    for r in range(rounds + 1):
+        for kind in block_order(list(blocks), r):
+            sync(device)
+            start = time.perf_counter()
+            blocks[kind]()
+            sync(device)
+            if r:
+                seconds[kind].append(time.perf_counter() - start)
+    return seconds
+
+
+def repeated(step: Callable[[], Any], times: int) -> Callable[[], None]:
+    """A block for :func:`time_blocks`: ``step()`` ``times`` times."""
+
+    def block() -> None:
+        for _ in range(times):
+            step()
+
+    return block
 
 
 def in_child(target: Callable[..., None], *args: Any) -> Any:

@@ -199,7 +199,7 @@ method needs (a forward alone counts 1/3 of a forward + backward: MoCo 4/3, BYOL
 step over its own 8 crops (each size as one batch, as ours batches them: a crop's cost is not its share of the
 pixels); for SparK its own encoder, projections and decoder run unmasked (plain layers, mean squared error on
 the whole image), so the ratio is what masking costs. All kinds of a method are timed in one process, where a
-slow spell of the machine cannot fall on one side only: a warm-up step each, then {args.rounds} rounds of one
+slow spell of the machine cannot fall on one side only: an untimed round, then {args.rounds} rounds of one
 block of 3 steps per kind, the order rotated and reversed from round to round. Every ratio is taken within a
 round (ours over the peer or the ideal; for a lever, ours with it over ours without), then the median over the
 rounds with its range: so the ratio columns are not the quotients of the rate columns, which are each kind's
@@ -231,14 +231,15 @@ def section_optimizer(args, targets: list[Target]) -> str:
     for method, name in METHODS.items():
         r = alternate(bench_optimizer._measure, ["optimizer"], 1, method, 5, 5)["optimizer"][0]
         default = bundle_default(f"{method}_pretrain", "foreach")
-        rows.append(f"| {name} | {r['optimizer']} | {r['loop'][0] / r['foreach'][0]:.2f}x | {ranged(r['loop'], 1)} | "
+        rows.append(f"| {name} | {r['optimizer']} | {ranged(r['speedup'])}x | {ranged(r['loop'], 1)} | "
                     f"{ranged(r['foreach'], 1)} | {'yes' if r['identical'] else 'no'} | {json.dumps(default)} |")
     return f"""## The bundles' optimisers, `foreach` (`python benchmarks/bench_optimizer.py`)
 
 One optimiser step over a ResNet50's parameters with each bundle's own optimiser and settings, the per-tensor
-loop against the multi-tensor kernels (`foreach`), in one process alternating, 5 steps per round, 5 rounds (the
-pre-training section times `foreach` inside a whole step, with SGD for all). `null`: each library's choice, on
-for CUDA tensors and off on a CPU.
+loop against the multi-tensor kernels (`foreach`), in one process: after an untimed round, 5 rounds of 5 steps
+each, the order rotated and reversed from round to round; the speed-up is taken within a round (the pre-training
+section times `foreach` inside a whole step, with SGD for all). `null`: each library's choice, on for CUDA
+tensors and off on a CPU.
 
 | method | optimiser | foreach speed-up | loop, ms per step | foreach, ms per step | identical weights | default |
 |---|---|---|---|---|---|---|
