@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from medssl_monai.networks.spark import MaskContext, SparK, SparseBatchNorm, upsample_mask
+from medssl_monai.utils import channels_last_format
 
 
 @pytest.fixture(params=[2, 3], ids=["2d", "3d"])
@@ -67,6 +68,46 @@ def test_sparse_batch_norm_statistics_are_those_of_visible_positions(dims):
     torch.testing.assert_close(bn.running_var, vis.var(0, unbiased=True))
     assert torch.all(out.movedim(1, -1)[~visible] == 0)
     torch.testing.assert_close(out.movedim(1, -1)[visible].mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["channels_first", "channels_last"])
+@pytest.mark.parametrize("equal_counts", [True, False], ids=["gathered", "boolean_indexed"])
+def test_sparse_batch_norm_is_a_batch_norm_of_the_visible_positions(dims, channels_last, equal_counts):
+    """Output, input gradient and running statistics against nn.BatchNorm1d on the visible positions picked out
+    by hand, in either memory layout, for masks with equal visible counts (gathered) and unequal ones."""
+    torch.manual_seed(0)
+    ctx, bn, reference = MaskContext(), SparseBatchNorm(4), torch.nn.BatchNorm1d(4)
+    bn.context = ctx
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+    reference.load_state_dict(bn.state_dict())
+    cells = 2 ** dims
+    visible_cells = [[0, 1], [1, 2], [0, cells - 1]] if equal_counts else [[0], [0, 1, 2], [1]]
+    mask = torch.zeros(3, cells, dtype=torch.bool)
+    for row, kept in zip(mask, visible_cells):
+        row[kept] = True
+    ctx.mask = mask.view(3, 1, *(2,) * dims)
+    size = (8,) * dims
+    visible = upsample_mask(ctx.mask, size)[:, 0]  # (B, *S)
+    x = torch.randn(3, 4, *size) * visible.unsqueeze(1)
+    if channels_last:
+        x = x.contiguous(memory_format=channels_last_format(x.ndim))
+    x.requires_grad_()
+    weights = torch.randn(3, 4, *size)
+    out = bn(x)
+    (out * weights).sum().backward()
+    assert (ctx.positions(size) is None) != equal_counts
+
+    picked = x.detach().clone().requires_grad_()
+    expected = reference(picked.movedim(1, -1)[visible])  # (N_visible, C)
+    (expected * weights.movedim(1, -1)[visible]).sum().backward()
+    torch.testing.assert_close(out.movedim(1, -1)[visible], expected)
+    assert torch.all(out.movedim(1, -1)[~visible] == 0)
+    torch.testing.assert_close(x.grad, picked.grad)
+    torch.testing.assert_close(bn.running_mean, reference.running_mean)
+    torch.testing.assert_close(bn.running_var, reference.running_var)
+    assert out.is_contiguous(memory_format=channels_last_format(x.ndim) if channels_last else torch.contiguous_format)
 
 
 def test_only_masked_patches_drive_the_loss_and_mask_tokens_learn(model):

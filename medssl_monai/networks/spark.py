@@ -42,13 +42,15 @@ def upsample_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class MaskContext:
     """The current mask, shared by every sparse module of one encoder: (B, 1, *grid) bool on the coarsest grid.
 
-    Its upsampling to each feature map size is made once per mask and reused by every module at that size
-    (ResNet50 has about 100 sparse modules, over five sizes); assign a new mask rather than editing one in place.
+    Its upsampling to each feature map size, and the visible positions' indices there, are made once per mask and
+    reused by every module at that size (ResNet50 has about 100 sparse modules, over five sizes); assign a new
+    mask rather than editing one in place.
     """
 
     def __init__(self) -> None:
         self._mask: torch.Tensor | None = None
         self._upsampled: dict[tuple[int, ...], torch.Tensor] = {}
+        self._positions: dict[tuple[int, ...], torch.Tensor | None] = {}
 
     @property
     def mask(self) -> torch.Tensor | None:
@@ -56,7 +58,7 @@ class MaskContext:
 
     @mask.setter
     def mask(self, mask: torch.Tensor | None) -> None:
-        self._mask, self._upsampled = mask, {}
+        self._mask, self._upsampled, self._positions = mask, {}, {}
 
     def at(self, size: Sequence[int]) -> torch.Tensor:
         """The mask upsampled to a feature map of spatial ``size``: (B, 1, *size) bool."""
@@ -66,6 +68,18 @@ class MaskContext:
         if size not in self._upsampled:
             self._upsampled[size] = upsample_mask(self._mask, size)
         return self._upsampled[size]
+
+    def positions(self, size: Sequence[int]) -> torch.Tensor | None:
+        """The flat indices of the visible positions of each sample in a feature map of spatial ``size``:
+        (B, K) int64, ascending; None when the samples have different numbers of visible positions (a mask not
+        drawn by :meth:`SparK.random_mask`, which keeps the same number for every sample)."""
+        size = tuple(size)
+        if size not in self._positions:
+            visible = self.at(size).flatten(1)  # (B, S)
+            counts = visible.sum(1)
+            equal = bool((counts == counts[0]).all())
+            self._positions[size] = visible.nonzero()[:, 1].view(visible.shape[0], -1) if equal else None
+        return self._positions[size]
 
 
 class _MaskedOutput:
@@ -98,13 +112,29 @@ _SPARSE = {nn.Conv2d: SparseConv2d, nn.Conv3d: SparseConv3d, nn.MaxPool2d: Spars
            nn.MaxPool3d: SparseMaxPool3d}
 
 
-def _visible_norm(norm: nn.Module, x: torch.Tensor, mask: torch.Tensor, forward) -> torch.Tensor:
-    """Apply a 1D batch norm ``forward`` to the visible positions of x (B, C, *S); masked stay zero."""
-    keep = mask[:, 0]  # (B, *S)
-    channels_last = x.movedim(1, -1)  # (B, *S, C)
-    out = torch.zeros_like(channels_last)
-    out[keep] = forward(channels_last[keep])  # (N_visible, C)
-    return out.movedim(-1, 1)
+def _visible_norm(x: torch.Tensor, context: MaskContext, forward) -> torch.Tensor:
+    """Apply a 1D batch norm ``forward`` to the visible positions of x (B, C, *S); masked stay zero.
+
+    The visible positions are gathered along the layout's contiguous position axis (x as (B, C, S), or as
+    (B, S, C) when it is channels-last), normalised and scattered back: about 1.3x a dense batch norm's cost on a
+    CPU, where boolean indexing of the channels-first layout costs 2-2.5x (it copies x to channels-last first).
+    """
+    b, c, *size = x.shape
+    index = context.positions(size)  # (B, K), or None
+    if index is None:  # samples with unequal visible counts: boolean indexing
+        keep = context.at(size)[:, 0]  # (B, *S)
+        channels_last = x.movedim(1, -1)  # (B, *S, C)
+        out = torch.zeros_like(channels_last)
+        out[keep] = forward(channels_last[keep])  # (N_visible, C)
+        return out.movedim(-1, 1)
+    if x.movedim(1, -1).is_contiguous():  # channels-last memory: positions then channels
+        flat = x.movedim(1, -1).reshape(b, -1, c)  # (B, S, C), a view
+        index = index.unsqueeze(-1).expand(-1, -1, c)  # (B, K, C)
+        visible = forward(flat.gather(1, index).view(-1, c)).view(b, -1, c)  # BN1d over (B * K, C)
+        return torch.zeros_like(flat).scatter_(1, index, visible).view(b, *size, c).movedim(-1, 1)
+    flat = x.reshape(b, c, -1)  # (B, C, S)
+    index = index.unsqueeze(1).expand(-1, c, -1)  # (B, C, K)
+    return torch.zeros_like(flat).scatter_(2, index, forward(flat.gather(2, index))).view_as(x)  # BN1d over (B, C, K)
 
 
 class SparseBatchNorm(nn.BatchNorm1d):
@@ -114,7 +144,7 @@ class SparseBatchNorm(nn.BatchNorm1d):
     context: MaskContext
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _visible_norm(self, x, self.context.at(x.shape[2:]), super().forward)
+        return _visible_norm(x, self.context, super().forward)
 
 
 class SparseSyncBatchNorm(nn.SyncBatchNorm):
@@ -123,11 +153,11 @@ class SparseSyncBatchNorm(nn.SyncBatchNorm):
     context: MaskContext
 
     def _check_input_dim(self, input: torch.Tensor) -> None:  # noqa: A002 - torch's name
-        if input.dim() != 2:
-            raise ValueError(f"expected (N, C) visible features, got {input.dim()}D input")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"expected (N, C) or (B, C, K) visible features, got {input.dim()}D input")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _visible_norm(self, x, self.context.at(x.shape[2:]), super().forward)
+        return _visible_norm(x, self.context, super().forward)
 
 
 def _sparsify(module: nn.Module, context: MaskContext, sync_bn: bool) -> nn.Module:
