@@ -231,7 +231,7 @@ def section_optimizer(args, targets: list[Target]) -> str:
     for method, name in METHODS.items():
         r = alternate(bench_optimizer._measure, ["optimizer"], 1, method, 5, 5)["optimizer"][0]
         default = bundle_default(f"{method}_pretrain", "foreach")
-        rows.append(f"| {name} | {r['optimizer']} | {ranged(r['speedup'])}x | {ranged(r['loop'], 1)} | "
+        rows.append(f"| {name} | {r['optimizer']} | {ranged(r['speedup'])} | {ranged(r['loop'], 1)} | "
                     f"{ranged(r['foreach'], 1)} | {'yes' if r['identical'] else 'no'} | {json.dumps(default)} |")
     return f"""## The bundles' optimisers, `foreach` (`python benchmarks/bench_optimizer.py`)
 
@@ -241,7 +241,7 @@ each, the order rotated and reversed from round to round; the speed-up is taken 
 section times `foreach` inside a whole step, with SGD for all). `null`: each library's choice, on for CUDA
 tensors and off on a CPU.
 
-| method | optimiser | foreach speed-up | loop, ms per step | foreach, ms per step | identical weights | default |
+| method | optimiser | foreach speed-up, x | loop, ms per step | foreach, ms per step | identical weights | default |
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """

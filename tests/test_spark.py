@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from medssl_monai.networks.spark import MaskContext, SparK, SparseBatchNorm, upsample_mask
+from medssl_monai.networks.spark import MaskContext, SparK, SparseBatchNorm, SparseSyncBatchNorm, upsample_mask
 from medssl_monai.utils import channels_last_format
 
 
@@ -73,11 +73,13 @@ def test_sparse_batch_norm_statistics_are_those_of_visible_positions(dims):
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["channels_first", "channels_last"])
 @pytest.mark.parametrize("equal_counts", [True, False], ids=["gathered", "boolean_indexed"])
-def test_sparse_batch_norm_is_a_batch_norm_of_the_visible_positions(dims, channels_last, equal_counts):
+@pytest.mark.parametrize("norm", [SparseBatchNorm, SparseSyncBatchNorm], ids=["bn", "sync_bn"])
+def test_sparse_batch_norm_is_a_batch_norm_of_the_visible_positions(dims, channels_last, equal_counts, norm):
     """Output, input gradient and running statistics against nn.BatchNorm1d on the visible positions picked out
-    by hand, in either memory layout, for masks with equal visible counts (gathered) and unequal ones."""
+    by hand, in either memory layout, for masks with equal visible counts (gathered) and unequal ones; the
+    synchronised one outside DDP, where torch runs it as a plain batch norm."""
     torch.manual_seed(0)
-    ctx, bn, reference = MaskContext(), SparseBatchNorm(4), torch.nn.BatchNorm1d(4)
+    ctx, bn, reference = MaskContext(), norm(4), torch.nn.BatchNorm1d(4)
     bn.context = ctx
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
@@ -108,6 +110,9 @@ def test_sparse_batch_norm_is_a_batch_norm_of_the_visible_positions(dims, channe
     torch.testing.assert_close(bn.running_mean, reference.running_mean)
     torch.testing.assert_close(bn.running_var, reference.running_var)
     assert out.is_contiguous(memory_format=channels_last_format(x.ndim) if channels_last else torch.contiguous_format)
+    ctx.mask = mask[:2].view(2, 1, *(2,) * dims)
+    with pytest.raises(ValueError, match="a mask of 2 samples for a batch of 3"):
+        bn(x)
 
 
 def test_only_masked_patches_drive_the_loss_and_mask_tokens_learn(model):

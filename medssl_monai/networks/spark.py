@@ -72,12 +72,12 @@ class MaskContext:
     def positions(self, size: Sequence[int]) -> torch.Tensor | None:
         """The flat indices of the visible positions of each sample in a feature map of spatial ``size``:
         (B, K) int64, ascending; None when the samples have different numbers of visible positions (a mask not
-        drawn by :meth:`SparK.random_mask`, which keeps the same number for every sample)."""
+        drawn by :meth:`SparK.random_mask`, which keeps the same number for every sample) or none at all."""
         size = tuple(size)
         if size not in self._positions:
             visible = self.at(size).flatten(1)  # (B, S)
             counts = visible.sum(1)
-            equal = bool((counts == counts[0]).all())
+            equal = bool((counts == counts[0]).all()) and bool(counts[0])
             self._positions[size] = visible.nonzero()[:, 1].view(visible.shape[0], -1) if equal else None
         return self._positions[size]
 
@@ -120,6 +120,8 @@ def _visible_norm(x: torch.Tensor, context: MaskContext, forward) -> torch.Tenso
     CPU, where boolean indexing of the channels-first layout costs 2-2.5x (it copies x to channels-last first).
     """
     b, c, *size = x.shape
+    if context.mask is not None and context.mask.shape[0] != b:
+        raise ValueError(f"a mask of {context.mask.shape[0]} samples for a batch of {b}")
     index = context.positions(size)  # (B, K), or None
     if index is None:  # samples with unequal visible counts: boolean indexing
         keep = context.at(size)[:, 0]  # (B, *S)
